@@ -1,0 +1,67 @@
+//! `dfcache import PATH`: creates a task and prints its id on stdout.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tracing::info_span;
+use tracing::Instrument;
+
+use dfcache::grpc::client::Progress;
+
+use super::progress::Bar;
+use super::{parse_timeout, with_timeout, GlobalArgs, TaskArgs, TransferArgs};
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The file to import.
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub task: TaskArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// Give up after this long.
+    #[arg(long, value_parser = parse_timeout, default_value = "30m")]
+    pub timeout: Duration,
+}
+
+pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
+    let local = std::path::absolute(&args.path).with_context(|| format!("{}", args.path.display()))?;
+    let meta = std::fs::metadata(&local).with_context(|| format!("cannot import {}", local.display()))?;
+    if meta.is_dir() {
+        bail!("cannot import {}: it is a directory", local.display());
+    }
+    // The path the daemon would open: symlinks resolved first, so a link
+    // out of a mapped volume cannot smuggle a host path past the mapping.
+    let daemon_path = daemon_path_of(&local, &args.transfer);
+    if !args.transfer.stream_mode {
+        if let Err(reason) = &daemon_path {
+            bail!("cannot hand {} to the daemon: {reason}", local.display());
+        }
+    }
+    let client = global.client();
+    let options = args.task.import_options(Some(args.timeout));
+    let bar = Arc::new(Bar::new(!global.no_progress, "Importing"));
+    bar.set_total(meta.len());
+    let span = info_span!("import", path = %local.display());
+    let summary = with_timeout(args.timeout, async {
+        let daemon_path = daemon_path.as_deref().map_err(String::as_str);
+        Ok(client
+            .import_file(&local, daemon_path, args.transfer.stream_mode, &options, bar.clone())
+            .instrument(span)
+            .await?)
+    })
+    .await
+    .with_context(|| format!("import of {} failed", local.display()));
+    bar.finish();
+    let summary = summary?;
+    println!("{}", summary.task_id);
+    Ok(())
+}
+
+fn daemon_path_of(local: &Path, transfer: &TransferArgs) -> Result<PathBuf, String> {
+    let real = std::fs::canonicalize(local).map_err(|e| format!("{}: {e}", local.display()))?;
+    transfer.path_mapping.to_host(&real).map_err(|e| e.to_string())
+}

@@ -1,0 +1,162 @@
+//! The `dfcache` command line: one file per subcommand.
+
+pub mod export;
+pub mod import;
+pub mod ls;
+pub mod progress;
+pub mod rm;
+pub mod serve;
+pub mod stat;
+pub mod units;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use dfcache::grpc::client::{Client, ImportOptions};
+use dfcache::mapping::PathMapper;
+use dfcache::store::piece::MIN_PIECE_LENGTH;
+
+/// Where dfdaemon listens on a node.
+pub const DEFAULT_ENDPOINT: &str = "/var/run/dragonfly/dfdaemon.sock";
+const MIN_TTL: Duration = Duration::from_secs(5 * 60);
+const MAX_TTL: Duration = Duration::from_secs(7 * 86400);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dfcache",
+    version,
+    about = "Dragonfly persistent cache tasks as files: import, export, stat, ls, rm, and an embedded daemon"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Unix socket of the dfdaemon (or `dfcache serve`) to talk to.
+    #[arg(short = 'e', long, global = true, env = "DFCACHE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: PathBuf,
+    /// Log level: error, warn, info, debug or trace [default: info for
+    /// serve, warn for the others].
+    #[arg(short = 'l', long, global = true, env = "DFCACHE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Print logs on the console (stderr). dfcache keeps no log files, so
+    /// logs always go there; the flag is accepted for upstream compatibility.
+    #[arg(long, global = true)]
+    pub console: bool,
+    /// Do not draw progress bars.
+    #[arg(long, global = true, env = "DFCACHE_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import a file; prints the task id on stdout.
+    Import(import::ImportArgs),
+    /// Export a task to a file.
+    Export(export::ExportArgs),
+    /// Show a task's information.
+    Stat(stat::StatArgs),
+    /// List the daemon's local tasks.
+    Ls(ls::LsArgs),
+    /// Delete a task.
+    Rm(rm::RmArgs),
+    /// Run the embedded single-node daemon.
+    Serve(serve::ServeArgs),
+}
+
+/// How a transfer reaches the daemon; shared by import and export.
+#[derive(Debug, Clone, Args)]
+pub struct TransferArgs {
+    /// Move bytes over the socket (WritePersistentCacheTask /
+    /// ReadPersistentCacheTask) instead of handing the daemon a path. A
+    /// daemon without the streaming RPCs gets the legacy ones instead.
+    #[arg(long, env = "DFCACHE_STREAM_MODE")]
+    pub stream_mode: bool,
+    /// Where paths handed to the daemon live on its side:
+    /// "container:host[,container:host...]".
+    #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = parse_mapping, default_value = "")]
+    pub path_mapping: PathMapper,
+}
+
+fn parse_mapping(s: &str) -> Result<PathMapper, String> {
+    s.parse().map_err(|e: dfcache::mapping::MappingError| e.to_string())
+}
+
+/// What a new task is created with; shared by import and the mount.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// Compute the task id from this string instead of the content.
+    #[arg(long)]
+    pub content_for_calculating_task_id: Option<String>,
+    /// Replica count of the persistent cache task.
+    #[arg(long, default_value_t = 2, env = "DFCACHE_PERSISTENT_REPLICA_COUNT")]
+    pub persistent_replica_count: u64,
+    /// Piece length, at least 4mib [default: size / 500, as a power of two in 4mib..64mib].
+    #[arg(long, value_parser = parse_piece_length, env = "DFCACHE_PIECE_LENGTH")]
+    pub piece_length: Option<u64>,
+    /// Caller application, for statistics and access control.
+    #[arg(long, env = "DFCACHE_APPLICATION")]
+    pub application: Option<String>,
+    /// Tag: the same content with different tags makes different tasks.
+    #[arg(long, env = "DFCACHE_TAG")]
+    pub tag: Option<String>,
+    /// Time to live of the task, between 5m and 7d.
+    #[arg(long, value_parser = parse_ttl, default_value = "1h", env = "DFCACHE_TTL")]
+    pub ttl: Duration,
+}
+
+impl TaskArgs {
+    pub fn import_options(&self, timeout: Option<Duration>) -> ImportOptions {
+        ImportOptions {
+            persistent_replica_count: self.persistent_replica_count,
+            tag: self.tag.clone(),
+            application: self.application.clone(),
+            ttl: Some(self.ttl),
+            piece_length: self.piece_length,
+            content_for_calculating_task_id: self.content_for_calculating_task_id.clone(),
+            timeout,
+        }
+    }
+}
+
+pub fn parse_piece_length(s: &str) -> Result<u64, String> {
+    let n = units::parse_size(s)?;
+    if n < MIN_PIECE_LENGTH {
+        return Err(format!("piece length {s} is below the minimum of 4mib"));
+    }
+    Ok(n)
+}
+
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = units::parse_duration(s)?;
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(format!("ttl {s} is outside the allowed range of 5m to 7d"));
+    }
+    Ok(ttl)
+}
+
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s)
+}
+
+impl GlobalArgs {
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoint)
+    }
+}
+
+/// Runs `fut` under `timeout`, turning expiry into an error.
+pub async fn with_timeout<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {}", units::format_duration(timeout)))?
+}

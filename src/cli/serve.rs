@@ -1,0 +1,63 @@
+//! `dfcache serve --socket PATH --dir DIR`: the embedded single-node daemon.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use dfcache::grpc::server::{serve, ServeOptions};
+use dfcache::store::Store;
+
+use super::parse_timeout;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Unix socket to listen on.
+    #[arg(long, env = "DFCACHE_SOCKET", default_value = super::DEFAULT_ENDPOINT)]
+    pub socket: PathBuf,
+    /// Directory of the task store (created if missing).
+    #[arg(long, env = "DFCACHE_DIR", default_value = "/var/lib/dfcache")]
+    pub dir: PathBuf,
+    /// Permission bits of the socket, in octal.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// How often expired tasks are collected.
+    #[arg(long, value_parser = parse_timeout, default_value = "1m")]
+    pub gc_interval: Duration,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode like 600"))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let store = Store::open(&args.dir).with_context(|| format!("cannot open the store at {}", args.dir.display()))?;
+    let options = ServeOptions { socket_mode: args.socket_mode, gc_interval: args.gc_interval };
+    serve(store, &args.socket, options, shutdown_signal())
+        .await
+        .with_context(|| format!("cannot serve on {}", args.socket.display()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, Ctrl-C still ends the process.
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,204 @@
+//! The embedded daemon: `DfdaemonDownload` served from a [`Store`] on a Unix
+//! socket. It shares nothing with the client but the generated types.
+
+mod download;
+mod listener;
+mod read;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, info_span, Instrument};
+
+use crate::grpc::pb::common::PersistentCacheTask;
+use crate::grpc::pb::dfdaemon::dfdaemon_download_server::{DfdaemonDownload, DfdaemonDownloadServer};
+use crate::grpc::pb::dfdaemon::*;
+use crate::grpc::socket::{GRPC_CONNECTION_WINDOW, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE, GRPC_STREAM_WINDOW};
+use crate::store::{duration_to_proto, Store, StoreError, TaskMeta, WriteParams};
+
+pub use listener::{bind_socket, DEFAULT_SOCKET_MODE};
+
+/// How the daemon behaves beyond its store.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Permission bits of the socket file.
+    pub socket_mode: u32,
+    /// How often expired tasks are collected.
+    pub gc_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { socket_mode: DEFAULT_SOCKET_MODE, gc_interval: Duration::from_secs(60) }
+    }
+}
+
+/// Serves `store` on `socket` until `shutdown` resolves.
+pub async fn serve(
+    store: Store,
+    socket: &Path,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = bind_socket(socket, options.socket_mode)?;
+    let gc = store.spawn_gc(options.gc_interval);
+    info!(socket = %socket.display(), "embedded daemon listening");
+    let result = tonic::transport::Server::builder()
+        .max_frame_size(GRPC_FRAME_SIZE)
+        .initial_stream_window_size(GRPC_STREAM_WINDOW)
+        .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+        .add_service(service(store))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .await;
+    gc.abort();
+    let _ = std::fs::remove_file(socket);
+    result.map_err(ServeError::Transport)
+}
+
+/// The tonic service, with message limits raised for 1 MiB chunks.
+pub fn service(store: Store) -> DfdaemonDownloadServer<Daemon> {
+    DfdaemonDownloadServer::new(Daemon { store })
+        .max_decoding_message_size(GRPC_MAX_MESSAGE)
+        .max_encoding_message_size(GRPC_MAX_MESSAGE)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("socket {0} is in use by a running daemon")]
+    SocketInUse(PathBuf),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The `DfdaemonDownload` implementation.
+pub struct Daemon {
+    store: Store,
+}
+
+pub(crate) fn status_of(err: StoreError) -> Status {
+    match &err {
+        StoreError::NotFound(_) => Status::not_found(err.to_string()),
+        StoreError::InvalidArgument(_) => Status::invalid_argument(err.to_string()),
+        StoreError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
+        StoreError::PermissionDenied { .. } => Status::permission_denied(err.to_string()),
+        StoreError::NoSpace { .. } => Status::resource_exhausted(err.to_string()),
+        StoreError::Io { .. } => Status::internal(err.to_string()),
+    }
+}
+
+fn stat_local(meta: &TaskMeta) -> StatLocalPersistentCacheTaskResponse {
+    StatLocalPersistentCacheTaskResponse {
+        task_id: meta.id.clone(),
+        persistent: meta.persistent_replica_count > 0,
+        ttl: Some(duration_to_proto(meta.ttl)),
+        piece_length: Some(meta.piece_length),
+        content_length: Some(meta.content_length),
+        uploading_count: 0,
+        uploaded_count: 0,
+        created_at: Some(meta.created_at.into()),
+        updated_at: Some(meta.updated_at.into()),
+        failed_at: None,
+        finished_at: Some(meta.updated_at.into()),
+    }
+}
+
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DfdaemonDownload for Daemon {
+    async fn write_persistent_cache_task(
+        &self,
+        request: Request<Streaming<WritePersistentCacheTaskRequest>>,
+    ) -> Result<Response<WritePersistentCacheTaskResponse>, Status> {
+        let span = info_span!("write", task_id = tracing::field::Empty);
+        write::handle(&self.store, request.into_inner()).instrument(span).await.map(Response::new)
+    }
+
+    type ReadPersistentCacheTaskStream = ResponseStream<ReadPersistentCacheTaskResponse>;
+
+    async fn read_persistent_cache_task(
+        &self,
+        request: Request<ReadPersistentCacheTaskRequest>,
+    ) -> Result<Response<Self::ReadPersistentCacheTaskStream>, Status> {
+        read::handle(&self.store, request.into_inner()).map(Response::new)
+    }
+
+    type DownloadPersistentCacheTaskStream = ResponseStream<DownloadPersistentCacheTaskResponse>;
+
+    async fn download_persistent_cache_task(
+        &self,
+        request: Request<DownloadPersistentCacheTaskRequest>,
+    ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
+        download::handle(&self.store, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn upload_persistent_cache_task(
+        &self,
+        request: Request<UploadPersistentCacheTaskRequest>,
+    ) -> Result<Response<PersistentCacheTask>, Status> {
+        let req = request.into_inner();
+        let path = PathBuf::from(&req.path);
+        let span = info_span!("upload", path = %path.display());
+        if !path.is_absolute() {
+            return Err(Status::invalid_argument(format!("upload path {} is not absolute", path.display())));
+        }
+        let params = WriteParams {
+            expected_length: None,
+            piece_length: req.piece_length,
+            persistent_replica_count: req.persistent_replica_count,
+            tag: req.tag,
+            application: req.application,
+            ttl: req.ttl.map(crate::store::duration_from_proto),
+            content_for_calculating_task_id: req.content_for_calculating_task_id,
+        };
+        let meta = self.store.import_path(&path, params).instrument(span).await.map_err(status_of)?;
+        Ok(Response::new(meta.to_proto()))
+    }
+
+    async fn stat_persistent_cache_task(
+        &self,
+        request: Request<StatPersistentCacheTaskRequest>,
+    ) -> Result<Response<PersistentCacheTask>, Status> {
+        let meta = self.store.get(&request.into_inner().task_id).map_err(status_of)?;
+        Ok(Response::new(meta.to_proto()))
+    }
+
+    async fn stat_local_persistent_cache_task(
+        &self,
+        request: Request<StatLocalPersistentCacheTaskRequest>,
+    ) -> Result<Response<StatLocalPersistentCacheTaskResponse>, Status> {
+        let meta = self.store.get(&request.into_inner().task_id).map_err(status_of)?;
+        Ok(Response::new(stat_local(&meta)))
+    }
+
+    async fn list_local_persistent_cache_tasks(
+        &self,
+        _request: Request<ListLocalPersistentCacheTasksRequest>,
+    ) -> Result<Response<ListLocalPersistentCacheTasksResponse>, Status> {
+        let tasks = self.store.list().iter().map(stat_local).collect();
+        Ok(Response::new(ListLocalPersistentCacheTasksResponse { tasks }))
+    }
+
+    async fn delete_persistent_cache_task(
+        &self,
+        request: Request<DeletePersistentCacheTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = request.into_inner().task_id;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.delete(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status_of)?;
+        Ok(Response::new(()))
+    }
+}

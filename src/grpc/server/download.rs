@@ -1,0 +1,197 @@
+//! `DownloadPersistentCacheTask`, the RPC today's dfdaemon exports with:
+//! the daemon writes the task to `output_path`, or returns each piece's
+//! content (`need_piece_content`) for the client to place by offset.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::digest::{piece_digest, Digest, Hasher};
+use crate::grpc::pb::common::{Piece, TrafficType};
+use crate::grpc::pb::dfdaemon::download_persistent_cache_task_response::Response as Msg;
+use crate::grpc::pb::dfdaemon::*;
+use crate::store::{read_at, Store, TaskMeta};
+
+use super::{status_of, ResponseStream};
+
+const QUEUE_DEPTH: usize = 2;
+/// Pieces are read in slices of this size when verifying a digest.
+const VERIFY_READ: usize = 4 << 20;
+
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+type Tx = mpsc::Sender<Result<DownloadPersistentCacheTaskResponse, Status>>;
+
+pub async fn handle(
+    store: &Store,
+    req: DownloadPersistentCacheTaskRequest,
+) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
+    let (meta, file) = store.open_content(&req.task_id).map_err(status_of)?;
+    let digest = req
+        .digest
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(str::parse::<Digest>)
+        .transpose()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let output = match req.output_path.as_deref().filter(|p| !p.is_empty()) {
+        Some(path) => Some(Output::create(Path::new(path), req.overwrite)?),
+        None if req.need_piece_content => None,
+        None => return Err(Status::invalid_argument("neither output_path nor need_piece_content was given")),
+    };
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let span = info_span!("download", task_id = %meta.id, output = ?req.output_path);
+    let need_content = req.need_piece_content;
+    tokio::spawn(
+        async move {
+            let result = run(&tx, &meta, file, digest, output.as_ref(), need_content).await;
+            match (result, output) {
+                (Ok(()), Some(output)) => match output.commit() {
+                    Ok(()) => info!("exported to output path"),
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                },
+                (Ok(()), None) => {}
+                (Err(status), output) => {
+                    drop(output);
+                    warn!(error = %status.message(), "download failed");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+async fn run(
+    tx: &Tx,
+    meta: &TaskMeta,
+    file: Arc<File>,
+    digest: Option<Digest>,
+    output: Option<&Output>,
+    need_content: bool,
+) -> Result<(), Status> {
+    if let Some(expected) = digest {
+        verify(&file, meta.content_length, &expected).await?;
+    }
+    let response = |msg| DownloadPersistentCacheTaskResponse {
+        host_id: String::new(),
+        task_id: meta.id.clone(),
+        peer_id: String::new(),
+        response: Some(msg),
+    };
+    let started = DownloadPersistentCacheTaskStartedResponse { content_length: meta.content_length };
+    if tx.send(Ok(response(Msg::DownloadPersistentCacheTaskStartedResponse(started)))).await.is_err() {
+        return Ok(());
+    }
+    for number in 0..meta.piece_count() {
+        let offset = u64::from(number) * meta.piece_length;
+        let length = meta.piece_length.min(meta.content_length - offset);
+        let content = read_at(file.clone(), offset, length as usize)
+            .await
+            .map_err(|e| Status::internal(format!("read piece {number}: {e}")))?;
+        if content.len() as u64 != length {
+            return Err(Status::data_loss(format!("piece {number} is short")));
+        }
+        if let Some(output) = output {
+            output.write_at(content.clone(), offset).await?;
+        }
+        let piece = Piece {
+            number,
+            parent_id: None,
+            offset,
+            length,
+            digest: piece_digest(&content),
+            content: need_content.then_some(content),
+            traffic_type: Some(TrafficType::LocalPeer as i32),
+            cost: None,
+            created_at: Some(std::time::SystemTime::now().into()),
+        };
+        let finished = DownloadPieceFinishedResponse { piece: Some(piece) };
+        if tx.send(Ok(response(Msg::DownloadPieceFinishedResponse(finished)))).await.is_err() {
+            return Err(Status::cancelled("the client went away"));
+        }
+    }
+    Ok(())
+}
+
+async fn verify(file: &Arc<File>, len: u64, expected: &Digest) -> Result<(), Status> {
+    let mut hasher = Hasher::new(expected.algorithm);
+    let mut pos = 0;
+    while pos < len {
+        let chunk = read_at(file.clone(), pos, VERIFY_READ.min((len - pos) as usize))
+            .await
+            .map_err(|e| Status::internal(format!("read for digest: {e}")))?;
+        hasher.update(&chunk);
+        pos += chunk.len() as u64;
+    }
+    expected.verify(&hasher.finish()).map_err(|e| Status::data_loss(e.to_string()))
+}
+
+/// The file the daemon exports into: written under a temporary name beside
+/// the target and renamed over it only when complete.
+struct Output {
+    file: Arc<File>,
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Output {
+    fn create(target: &Path, overwrite: bool) -> Result<Self, Status> {
+        if !target.is_absolute() {
+            return Err(Status::invalid_argument(format!("output path {} is not absolute", target.display())));
+        }
+        if target.exists() && !overwrite {
+            return Err(Status::already_exists(format!("{} already exists", target.display())));
+        }
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Err(Status::invalid_argument(format!("output path {} names no file", target.display())));
+        };
+        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+        let temp = parent.join(format!(".{}.dfcache-{}-{n}.part", name.to_string_lossy(), std::process::id()));
+        let file = File::create(&temp).map_err(|e| io_status(&temp, e))?;
+        Ok(Self { file: Arc::new(file), temp, target: target.to_path_buf(), committed: false })
+    }
+
+    async fn write_at(&self, content: bytes::Bytes, offset: u64) -> Result<(), Status> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&content, offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| io_status(&self.temp, e))
+    }
+
+    fn commit(mut self) -> Result<(), Status> {
+        std::fs::rename(&self.temp, &self.target).map_err(|e| io_status(&self.target, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn io_status(path: &Path, e: std::io::Error) -> Status {
+    let msg = format!("{}: {e}", path.display());
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Status::invalid_argument(msg),
+        std::io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
+        std::io::ErrorKind::StorageFull => Status::resource_exhausted(msg),
+        _ => Status::internal(msg),
+    }
+}

@@ -1,0 +1,45 @@
+//! Binding the daemon's Unix socket safely.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use tokio::net::UnixListener;
+
+use super::ServeError;
+
+/// Only the daemon's user may connect unless told otherwise.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+
+/// Binds `path` with permission bits `mode`.
+///
+/// The socket is bound under a temporary name, given its mode, then renamed
+/// into place, so it is never reachable at `path` with looser permissions.
+/// A stale socket left by a crashed daemon is replaced; one that still
+/// accepts connections is refused.
+pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(err(std::io::Error::other("exists and is not a socket")));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::SocketInUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = std::path::PathBuf::from(temp_name);
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp).map_err(err)?;
+    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        return Err(err(e));
+    }
+    Ok(listener)
+}

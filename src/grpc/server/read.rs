@@ -1,0 +1,79 @@
+//! `ReadPersistentCacheTask`: a byte range of a task, as a started message,
+//! chunks that say their offset, and a finished message.
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::{debug, info_span, Instrument};
+
+use crate::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as Msg;
+use crate::grpc::pb::dfdaemon::*;
+use crate::store::{read_at, Store};
+
+use super::{status_of, ResponseStream};
+
+/// Size of each chunk sent.
+pub const CHUNK_SIZE: u64 = 1 << 20;
+/// Chunks read ahead of the client.
+const QUEUE_DEPTH: usize = 4;
+
+pub fn handle(
+    store: &Store,
+    req: ReadPersistentCacheTaskRequest,
+) -> Result<ResponseStream<ReadPersistentCacheTaskResponse>, Status> {
+    let (meta, file) = store.open_content(&req.task_id).map_err(status_of)?;
+    let offset = req.offset.unwrap_or(0);
+    if offset > meta.content_length {
+        return Err(Status::out_of_range(format!(
+            "offset {offset} is past the end of the task ({} bytes)",
+            meta.content_length
+        )));
+    }
+    let end = match req.length {
+        Some(len) => offset.saturating_add(len).min(meta.content_length),
+        None => meta.content_length,
+    };
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let span = info_span!("read", task_id = %meta.id, offset, end);
+    tokio::spawn(
+        async move {
+            let started = Msg::ReadPersistentCacheTaskStartedResponse(ReadPersistentCacheTaskStartedResponse {
+                content_length: meta.content_length,
+                piece_length: meta.piece_length,
+                piece_count: meta.piece_count(),
+            });
+            if !send(&tx, started).await {
+                return;
+            }
+            let mut pos = offset;
+            while pos < end {
+                let len = (end - pos).min(CHUNK_SIZE) as usize;
+                let content = match read_at(file.clone(), pos, len).await {
+                    Ok(content) if content.len() == len => content,
+                    Ok(_) => {
+                        let _ = tx.send(Err(Status::data_loss("task content is shorter than recorded"))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("read task content: {e}")))).await;
+                        return;
+                    }
+                };
+                let chunk = Msg::ReadChunkResponse(ReadChunkResponse { content, offset: Some(pos) });
+                if !send(&tx, chunk).await {
+                    debug!(pos, "reader went away");
+                    return;
+                }
+                pos += len as u64;
+            }
+            send(&tx, Msg::ReadPersistentCacheTaskFinishedResponse(ReadPersistentCacheTaskFinishedResponse {}))
+                .await;
+        }
+        .instrument(span),
+    );
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+async fn send(tx: &mpsc::Sender<Result<ReadPersistentCacheTaskResponse, Status>>, msg: Msg) -> bool {
+    tx.send(Ok(ReadPersistentCacheTaskResponse { response: Some(msg) })).await.is_ok()
+}

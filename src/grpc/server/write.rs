@@ -1,0 +1,89 @@
+//! `WritePersistentCacheTask`: started, chunks, finished, in that order.
+//! Anything else is INVALID_ARGUMENT and leaves no task.
+
+use tonic::{Status, Streaming};
+use tracing::{info, warn};
+
+use crate::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as Msg;
+use crate::grpc::pb::dfdaemon::{WritePersistentCacheTaskRequest, WritePersistentCacheTaskResponse};
+use crate::grpc::pb::dfdaemon::WritePersistentCacheTaskStartedRequest;
+use crate::store::{duration_from_proto, Store, TaskWriter, WriteParams};
+
+use super::status_of;
+
+/// Largest chunk accepted; clients send 1 MiB.
+pub const MAX_CHUNK: usize = 16 << 20;
+
+pub async fn handle(
+    store: &Store,
+    mut stream: Streaming<WritePersistentCacheTaskRequest>,
+) -> Result<WritePersistentCacheTaskResponse, Status> {
+    let started = match next(&mut stream).await? {
+        Some(Msg::WritePersistentCacheTaskStartedRequest(started)) => started,
+        Some(_) => return Err(Status::invalid_argument("the first message must be the started message")),
+        None => return Err(Status::invalid_argument("the stream ended before the started message")),
+    };
+    let mut writer = store.begin_write(params_of(started)).map_err(status_of)?;
+    loop {
+        match next(&mut stream).await {
+            Ok(Some(Msg::WriteChunkRequest(chunk))) => {
+                if chunk.content.len() > MAX_CHUNK {
+                    return Err(abort(format!("chunk of {} bytes exceeds {MAX_CHUNK}", chunk.content.len())));
+                }
+                writer.write(chunk.content).await.map_err(status_of)?;
+            }
+            Ok(Some(Msg::WritePersistentCacheTaskFinishedRequest(_))) => return finish(writer).await,
+            Ok(Some(Msg::WritePersistentCacheTaskStartedRequest(_))) => {
+                return Err(abort("a second started message".into()));
+            }
+            Ok(None) => {
+                return Err(abort(format!(
+                    "the stream ended after {} bytes without the finished message",
+                    writer.written()
+                )))
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+async fn finish(writer: TaskWriter) -> Result<WritePersistentCacheTaskResponse, Status> {
+    let meta = writer.finish().await.map_err(status_of)?;
+    tracing::Span::current().record("task_id", meta.id.as_str());
+    info!(content_length = meta.content_length, "write finished");
+    Ok(WritePersistentCacheTaskResponse {
+        task_id: meta.id.clone(),
+        content_length: meta.content_length,
+        piece_length: meta.piece_length,
+        piece_count: meta.piece_count(),
+    })
+}
+
+/// The next message's arm; a message without one, or a stream that broke
+/// (oversize message, client gone), is INVALID_ARGUMENT.
+async fn next(stream: &mut Streaming<WritePersistentCacheTaskRequest>) -> Result<Option<Msg>, Status> {
+    match stream.message().await {
+        Ok(Some(WritePersistentCacheTaskRequest { response: Some(msg) })) => Ok(Some(msg)),
+        Ok(Some(_)) => Err(abort("a message with no content".into())),
+        Ok(None) => Ok(None),
+        Err(status) => Err(abort(format!("broken stream: {}", status.message()))),
+    }
+}
+
+fn abort(why: String) -> Status {
+    warn!(why, "write rejected; nothing stored");
+    Status::invalid_argument(format!("malformed write stream: {why}"))
+}
+
+fn params_of(started: WritePersistentCacheTaskStartedRequest) -> WriteParams {
+    WriteParams {
+        // 0 is how both the 2.1.12 client and the mount say "unknown".
+        expected_length: Some(started.content_length).filter(|&n| n > 0),
+        piece_length: started.piece_length,
+        persistent_replica_count: started.persistent_replica_count,
+        tag: started.tag,
+        application: started.application,
+        ttl: started.ttl.map(duration_from_proto),
+        content_for_calculating_task_id: started.content_for_calculating_task_id,
+    }
+}

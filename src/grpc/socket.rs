@@ -1,0 +1,37 @@
+//! Transport settings shared by both ends of the Unix socket.
+//!
+//! Numbers from ../shared/LIMITS.md: HTTP/2 frames of 1 MiB (the default
+//! 16 KiB is the main throughput limit), large flow-control windows, and a
+//! message limit above the 1 MiB chunks plus protobuf framing.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// HTTP/2 max frame size on both ends.
+pub const GRPC_FRAME_SIZE: u32 = 1 << 20;
+/// Per-stream flow-control window.
+pub const GRPC_STREAM_WINDOW: u32 = 16 << 20;
+/// Per-connection flow-control window.
+pub const GRPC_CONNECTION_WINDOW: u32 = 64 << 20;
+/// Largest message either end decodes. Chunks are 1 MiB and pieces up to
+/// 64 MiB (legacy piece content), plus framing.
+pub const GRPC_MAX_MESSAGE: usize = (64 << 20) + (1 << 16);
+
+/// A lazily connecting channel to a daemon's Unix socket. The connection is
+/// made on first use and re-made after the daemon restarts.
+pub fn connect_channel(socket: &Path) -> Channel {
+    let socket: PathBuf = socket.to_path_buf();
+    // The URI is required by tonic but never resolved: the connector below
+    // ignores it and dials the socket.
+    Endpoint::from_static("http://dfdaemon.sock")
+        .max_frame_size(GRPC_FRAME_SIZE)
+        .initial_stream_window_size(GRPC_STREAM_WINDOW)
+        .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+}

@@ -1,0 +1,11 @@
+//! dfcache: Dragonfly persistent cache tasks as files.
+//!
+//! - [`grpc`]: the wire contract, the client, the embedded daemon's server;
+//! - [`store`]: the embedded daemon's on-disk task store;
+//! - [`mapping`]: container/host path mapping;
+//! - [`digest`]: export digests.
+
+pub mod digest;
+pub mod grpc;
+pub mod mapping;
+pub mod store;

@@ -1,0 +1,52 @@
+//! The `dfcache` binary: parses the command line, sets up logging, runs a
+//! subcommand, and turns its error into one clear sentence and exit code 1.
+
+mod cli;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let level = cli.global.log_level.clone().unwrap_or_else(|| default_level.to_string());
+    let filter = EnvFilter::try_new(format!("dfcache={level},{}", if level == "trace" { "info" } else { "warn" }))
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let global = &cli.global;
+        match cli.command {
+            Command::Import(args) => cli::import::run(global, args).await,
+            Command::Export(args) => cli::export::run(global, args).await,
+            Command::Stat(args) => cli::stat::run(global, args).await,
+            Command::Ls(args) => cli::ls::run(global, args).await,
+            Command::Rm(args) => cli::rm::run(global, args).await,
+            Command::Serve(args) => cli::serve::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // "context: cause: cause" on one line.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
