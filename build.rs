@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         .file_descriptor_set_path(out.join("dfcache_descriptor.bin"))
         .compile_protos(
-            &[PathBuf::from("proto/common.proto"), PathBuf::from("proto/dfdaemon.proto")],
+            &[
+                PathBuf::from("proto/common.proto"),
+                PathBuf::from("proto/dfdaemon.proto"),
+            ],
             &[PathBuf::from("proto"), well_known],
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -96,7 +96,10 @@ impl Digest {
         if self == actual {
             Ok(())
         } else {
-            Err(DigestError::Mismatch { expected: self.to_string(), actual: actual.to_string() })
+            Err(DigestError::Mismatch {
+                expected: self.to_string(),
+                actual: actual.to_string(),
+            })
         }
     }
 }
@@ -117,7 +120,9 @@ mod tests {
         let mut h = Hasher::new(Algorithm::Sha256);
         h.update(b"abc");
         let expected: Digest =
-            "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD".parse().unwrap();
+            "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+                .parse()
+                .unwrap();
         assert_eq!(expected.verify(&h.finish()), Ok(()));
         assert_eq!(piece_digest(b"abc"), "crc32:352441c2");
     }

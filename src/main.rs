@@ -14,16 +14,26 @@ fn main() -> std::process::ExitCode {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    let level = cli.global.log_level.clone().unwrap_or_else(|| default_level.to_string());
-    let filter = EnvFilter::try_new(format!("dfcache={level},{}", if level == "trace" { "info" } else { "warn" }))
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let level = cli
+        .global
+        .log_level
+        .clone()
+        .unwrap_or_else(|| default_level.to_string());
+    let filter = EnvFilter::try_new(format!(
+        "dfcache={level},{}",
+        if level == "trace" { "info" } else { "warn" }
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");

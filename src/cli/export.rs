@@ -46,12 +46,17 @@ pub struct ExportArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: ExportArgs) -> anyhow::Result<()> {
-    let output = std::path::absolute(&args.output).with_context(|| format!("{}", args.output.display()))?;
+    let output =
+        std::path::absolute(&args.output).with_context(|| format!("{}", args.output.display()))?;
     check_output(&output, args.overwrite)?;
     let client = global.client();
     let bar = Arc::new(Bar::new(!global.no_progress, "Exporting"));
     let span = info_span!("export", task_id = %args.id, path = %output.display());
-    let result = with_timeout(args.timeout, export(&client, &args, &output, bar.clone()).instrument(span)).await;
+    let result = with_timeout(
+        args.timeout,
+        export(&client, &args, &output, bar.clone()).instrument(span),
+    )
+    .await;
     bar.finish();
     result.with_context(|| format!("export of task {} failed", args.id))
 }
@@ -63,7 +68,10 @@ fn check_output(output: &Path, overwrite: bool) -> anyhow::Result<()> {
         bail!("{} is a directory", output.display());
     }
     if output.exists() && !overwrite {
-        bail!("{} already exists (use --overwrite to replace it)", output.display());
+        bail!(
+            "{} already exists (use --overwrite to replace it)",
+            output.display()
+        );
     }
     match output.parent() {
         Some(parent) if parent.is_dir() => Ok(()),
@@ -71,10 +79,18 @@ fn check_output(output: &Path, overwrite: bool) -> anyhow::Result<()> {
     }
 }
 
-async fn export(client: &Client, args: &ExportArgs, output: &Path, bar: Arc<Bar>) -> anyhow::Result<()> {
+async fn export(
+    client: &Client,
+    args: &ExportArgs,
+    output: &Path,
+    bar: Arc<Bar>,
+) -> anyhow::Result<()> {
     if args.transfer.stream_mode && !client.is_legacy() {
         match stream_export(client, args, output, bar.clone()).await {
-            Err(ExportError::Client(ClientError::Daemon { code: Code::Unimplemented, .. })) => {}
+            Err(ExportError::Client(ClientError::Daemon {
+                code: Code::Unimplemented,
+                ..
+            })) => {}
             other => return other.map_err(anyhow::Error::from),
         }
     }
@@ -94,7 +110,12 @@ enum ExportError {
 }
 
 /// Streaming: chunks in order into a temporary file, verified, renamed.
-async fn stream_export(client: &Client, args: &ExportArgs, output: &Path, bar: Arc<Bar>) -> Result<(), ExportError> {
+async fn stream_export(
+    client: &Client,
+    args: &ExportArgs,
+    output: &Path,
+    bar: Arc<Bar>,
+) -> Result<(), ExportError> {
     let mut reader = client.read_task(&args.id, ReadRange::default()).await?;
     if let Some(len) = reader.content_length() {
         bar.set_total(len);
@@ -114,7 +135,9 @@ async fn stream_export(client: &Client, args: &ExportArgs, output: &Path, bar: A
         }
         let file = file.clone();
         let len = chunk.len() as u64;
-        pending = Some(tokio::task::spawn_blocking(move || file.write_all_at(&chunk, offset)));
+        pending = Some(tokio::task::spawn_blocking(move || {
+            file.write_all_at(&chunk, offset)
+        }));
         bar.advance(len);
     }
     if let Some(p) = pending.take() {
@@ -127,7 +150,10 @@ async fn stream_export(client: &Client, args: &ExportArgs, output: &Path, bar: A
     Ok(())
 }
 
-async fn join_write(write: tokio::task::JoinHandle<std::io::Result<()>>, output: &Path) -> anyhow::Result<()> {
+async fn join_write(
+    write: tokio::task::JoinHandle<std::io::Result<()>>,
+    output: &Path,
+) -> anyhow::Result<()> {
     write
         .await
         .map_err(|e| anyhow!("write task panicked: {e}"))?
@@ -136,18 +162,32 @@ async fn join_write(write: tokio::task::JoinHandle<std::io::Result<()>>, output:
 
 /// Legacy, `--transfer-from-dfdaemon`: pieces arrive with content in any
 /// order and are placed by offset; every byte must be covered once.
-async fn piece_export(client: &Client, args: &ExportArgs, output: &Path, bar: Arc<Bar>) -> anyhow::Result<()> {
+async fn piece_export(
+    client: &Client,
+    args: &ExportArgs,
+    output: &Path,
+    bar: Arc<Bar>,
+) -> anyhow::Result<()> {
     let digest = args.digest.as_ref().map(Digest::to_string);
-    let mut pieces = client.download_task(&args.id, None, args.overwrite, digest.as_deref()).await?;
+    let mut pieces = client
+        .download_task(&args.id, None, args.overwrite, digest.as_deref())
+        .await?;
     let temp = TempOutput::create(output)?;
     let mut seen = std::collections::BTreeMap::new();
     while let Some(piece) = pieces.next_piece().await? {
         if let Some(len) = pieces.content_length() {
             bar.set_total(len);
         }
-        let content = piece.content.ok_or_else(|| anyhow!("piece {} came without content", piece.number))?;
+        let content = piece
+            .content
+            .ok_or_else(|| anyhow!("piece {} came without content", piece.number))?;
         if content.len() as u64 != piece.length {
-            bail!("piece {} has {} bytes, expected {}", piece.number, content.len(), piece.length);
+            bail!(
+                "piece {} has {} bytes, expected {}",
+                piece.number,
+                content.len(),
+                piece.length
+            );
         }
         if seen.insert(piece.offset, piece.length).is_some() {
             bail!("piece {} arrived twice", piece.number);
@@ -160,7 +200,9 @@ async fn piece_export(client: &Client, args: &ExportArgs, output: &Path, bar: Ar
             .with_context(|| format!("write {}", output.display()))?;
         bar.advance(piece.length);
     }
-    let total = pieces.content_length().ok_or_else(|| anyhow!("the daemon never said the task's size"))?;
+    let total = pieces
+        .content_length()
+        .ok_or_else(|| anyhow!("the daemon never said the task's size"))?;
     check_coverage(&seen, total)?;
     if let Some(expected) = &args.digest {
         let file = temp.file.clone();
@@ -174,17 +216,33 @@ async fn piece_export(client: &Client, args: &ExportArgs, output: &Path, bar: Ar
 }
 
 /// Legacy: the daemon writes the file at the output's host path.
-async fn daemon_writes_export(client: &Client, args: &ExportArgs, output: &Path) -> anyhow::Result<()> {
+async fn daemon_writes_export(
+    client: &Client,
+    args: &ExportArgs,
+    output: &Path,
+) -> anyhow::Result<()> {
     let real_parent = output
         .parent()
         .map(std::fs::canonicalize)
         .transpose()
         .with_context(|| format!("resolve the directory of {}", output.display()))?
         .ok_or_else(|| anyhow!("{} has no directory", output.display()))?;
-    let name = output.file_name().ok_or_else(|| anyhow!("{} names no file", output.display()))?;
-    let daemon_output = args.transfer.path_mapping.to_host(&real_parent.join(name))?;
+    let name = output
+        .file_name()
+        .ok_or_else(|| anyhow!("{} names no file", output.display()))?;
+    let daemon_output = args
+        .transfer
+        .path_mapping
+        .to_host(&real_parent.join(name))?;
     let digest = args.digest.as_ref().map(Digest::to_string);
-    let mut pieces = client.download_task(&args.id, Some(&daemon_output), args.overwrite, digest.as_deref()).await?;
+    let mut pieces = client
+        .download_task(
+            &args.id,
+            Some(&daemon_output),
+            args.overwrite,
+            digest.as_deref(),
+        )
+        .await?;
     while pieces.next_piece().await?.is_some() {}
     let expected = pieces.content_length();
     let actual = std::fs::metadata(output).map(|m| m.len()).ok();
@@ -212,13 +270,18 @@ fn check_coverage(pieces: &std::collections::BTreeMap<u64, u64>, total: u64) -> 
     Ok(())
 }
 
-fn digest_of(file: &File, algorithm: dfcache::digest::Algorithm, len: u64) -> anyhow::Result<Digest> {
+fn digest_of(
+    file: &File,
+    algorithm: dfcache::digest::Algorithm,
+    len: u64,
+) -> anyhow::Result<Digest> {
     let mut hasher = Hasher::new(algorithm);
     let mut buf = vec![0u8; VERIFY_READ];
     let mut pos = 0;
     while pos < len {
         let want = VERIFY_READ.min((len - pos) as usize);
-        file.read_exact_at(&mut buf[..want], pos).context("read back for the digest")?;
+        file.read_exact_at(&mut buf[..want], pos)
+            .context("read back for the digest")?;
         hasher.update(&buf[..want]);
         pos += want as u64;
     }
@@ -236,8 +299,14 @@ struct TempOutput {
 
 impl TempOutput {
     fn create(target: &Path) -> anyhow::Result<Self> {
-        let name = target.file_name().ok_or_else(|| anyhow!("{} names no file", target.display()))?;
-        let temp = target.with_file_name(format!(".{}.dfcache-{}.part", name.to_string_lossy(), std::process::id()));
+        let name = target
+            .file_name()
+            .ok_or_else(|| anyhow!("{} names no file", target.display()))?;
+        let temp = target.with_file_name(format!(
+            ".{}.dfcache-{}.part",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         // Readable too: an out-of-order export is read back for its digest.
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -246,16 +315,29 @@ impl TempOutput {
             .truncate(true)
             .open(&temp)
             .with_context(|| format!("create {}", temp.display()))?;
-        Ok(Self { file: Arc::new(file), temp, target: target.to_path_buf(), committed: false })
+        Ok(Self {
+            file: Arc::new(file),
+            temp,
+            target: target.to_path_buf(),
+            committed: false,
+        })
     }
 
     fn commit(mut self, overwrite: bool) -> anyhow::Result<()> {
         // Checked again: the target may have appeared during the transfer.
         if !overwrite && self.target.exists() {
-            bail!("{} appeared during the export (use --overwrite to replace it)", self.target.display());
+            bail!(
+                "{} appeared during the export (use --overwrite to replace it)",
+                self.target.display()
+            );
         }
-        std::fs::rename(&self.temp, &self.target)
-            .with_context(|| format!("rename {} to {}", self.temp.display(), self.target.display()))?;
+        std::fs::rename(&self.temp, &self.target).with_context(|| {
+            format!(
+                "rename {} to {}",
+                self.temp.display(),
+                self.target.display()
+            )
+        })?;
         self.committed = true;
         Ok(())
     }

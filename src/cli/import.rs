@@ -28,8 +28,10 @@ pub struct ImportArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
-    let local = std::path::absolute(&args.path).with_context(|| format!("{}", args.path.display()))?;
-    let meta = std::fs::metadata(&local).with_context(|| format!("cannot import {}", local.display()))?;
+    let local =
+        std::path::absolute(&args.path).with_context(|| format!("{}", args.path.display()))?;
+    let meta =
+        std::fs::metadata(&local).with_context(|| format!("cannot import {}", local.display()))?;
     if meta.is_dir() {
         bail!("cannot import {}: it is a directory", local.display());
     }
@@ -49,7 +51,13 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
     let summary = with_timeout(args.timeout, async {
         let daemon_path = daemon_path.as_deref().map_err(String::as_str);
         Ok(client
-            .import_file(&local, daemon_path, args.transfer.stream_mode, &options, bar.clone())
+            .import_file(
+                &local,
+                daemon_path,
+                args.transfer.stream_mode,
+                &options,
+                bar.clone(),
+            )
             .instrument(span)
             .await?)
     })
@@ -63,5 +71,8 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
 
 fn daemon_path_of(local: &Path, transfer: &TransferArgs) -> Result<PathBuf, String> {
     let real = std::fs::canonicalize(local).map_err(|e| format!("{}: {e}", local.display()))?;
-    transfer.path_mapping.to_host(&real).map_err(|e| e.to_string())
+    transfer
+        .path_mapping
+        .to_host(&real)
+        .map_err(|e| e.to_string())
 }

@@ -23,14 +23,24 @@ pub async fn run(global: &GlobalArgs, args: LsArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!("{:<64}  {:>10}  {:>10}  {:>8}  CREATED", "ID", "SIZE", "PIECE", "TTL");
+    println!(
+        "{:<64}  {:>10}  {:>10}  {:>8}  CREATED",
+        "ID", "SIZE", "PIECE", "TTL"
+    );
     for t in &tasks {
         println!(
             "{:<64}  {:>10}  {:>10}  {:>8}  {}",
             t.task_id,
-            t.content_length.map(format_size).unwrap_or_else(|| "-".into()),
-            t.piece_length.map(format_size).unwrap_or_else(|| "-".into()),
-            t.ttl.map(duration_from_proto).map(format_duration).unwrap_or_else(|| "-".into()),
+            t.content_length
+                .map(format_size)
+                .unwrap_or_else(|| "-".into()),
+            t.piece_length
+                .map(format_size)
+                .unwrap_or_else(|| "-".into()),
+            t.ttl
+                .map(duration_from_proto)
+                .map(format_duration)
+                .unwrap_or_else(|| "-".into()),
             age(t.created_at),
         );
     }

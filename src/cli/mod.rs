@@ -85,7 +85,8 @@ pub struct TransferArgs {
 }
 
 fn parse_mapping(s: &str) -> Result<PathMapper, String> {
-    s.parse().map_err(|e: dfcache::mapping::MappingError| e.to_string())
+    s.parse()
+        .map_err(|e: dfcache::mapping::MappingError| e.to_string())
 }
 
 /// What a new task is created with; shared by import and the mount.

@@ -15,7 +15,10 @@ pub struct RmArgs {
 pub async fn run(global: &GlobalArgs, args: RmArgs) -> anyhow::Result<()> {
     let client = global.client();
     for id in &args.ids {
-        client.delete(id).await.with_context(|| format!("cannot delete task {id}"))?;
+        client
+            .delete(id)
+            .await
+            .with_context(|| format!("cannot delete task {id}"))?;
         eprintln!("deleted {id}");
     }
     Ok(())

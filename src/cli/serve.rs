@@ -35,8 +35,12 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let store = Store::open(&args.dir).with_context(|| format!("cannot open the store at {}", args.dir.display()))?;
-    let options = ServeOptions { socket_mode: args.socket_mode, gc_interval: args.gc_interval };
+    let store = Store::open(&args.dir)
+        .with_context(|| format!("cannot open the store at {}", args.dir.display()))?;
+    let options = ServeOptions {
+        socket_mode: args.socket_mode,
+        gc_interval: args.gc_interval,
+    };
     serve(store, &args.socket, options, shutdown_signal())
         .await
         .with_context(|| format!("cannot serve on {}", args.socket.display()))

@@ -17,15 +17,30 @@ pub struct StatArgs {
 
 pub async fn run(global: &GlobalArgs, args: StatArgs) -> anyhow::Result<()> {
     let task = global.client().stat(&args.id).await?;
-    let ttl = task.ttl.map(duration_from_proto).map(format_duration).unwrap_or_else(|| "-".into());
+    let ttl = task
+        .ttl
+        .map(duration_from_proto)
+        .map(format_duration)
+        .unwrap_or_else(|| "-".into());
     println!("ID:               {}", task.id);
     println!("State:            {}", task.state);
-    println!("Content length:   {} ({} bytes)", format_size(task.content_length), task.content_length);
-    println!("Piece length:     {} ({} bytes)", format_size(task.piece_length), task.piece_length);
+    println!(
+        "Content length:   {} ({} bytes)",
+        format_size(task.content_length),
+        task.content_length
+    );
+    println!(
+        "Piece length:     {} ({} bytes)",
+        format_size(task.piece_length),
+        task.piece_length
+    );
     println!("Piece count:      {}", task.piece_count);
     println!("Replica count:    {}", task.persistent_replica_count);
     println!("Tag:              {}", task.tag.as_deref().unwrap_or("-"));
-    println!("Application:      {}", task.application.as_deref().unwrap_or("-"));
+    println!(
+        "Application:      {}",
+        task.application.as_deref().unwrap_or("-")
+    );
     println!("TTL:              {ttl}");
     println!("Created:          {}", age(task.created_at));
     println!("Updated:          {}", age(task.updated_at));
@@ -38,7 +53,10 @@ pub fn age(t: Option<prost_types::Timestamp>) -> String {
         return "-".into();
     };
     match SystemTime::now().duration_since(t) {
-        Ok(d) => format!("{} ago", format_duration(std::time::Duration::from_secs(d.as_secs()))),
+        Ok(d) => format!(
+            "{} ago",
+            format_duration(std::time::Duration::from_secs(d.as_secs()))
+        ),
         Err(_) => "just now".into(),
     }
 }

@@ -8,9 +8,13 @@ use std::time::Duration;
 /// bytesize crate upstream uses.
 pub fn parse_size(input: &str) -> Result<u64, String> {
     let s = input.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{input:?} is not a size like 4mib or 1gb"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{input:?} is not a size like 4mib or 1gb"))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -21,7 +25,11 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         "gi" | "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "ti" | "tib" => 1 << 40,
-        _ => return Err(format!("{input:?} has an unknown unit (use b, kib, mib, gib, kb, mb, gb...)")),
+        _ => {
+            return Err(format!(
+                "{input:?} has an unknown unit (use b, kib, mib, gib, kb, mb, gb...)"
+            ))
+        }
     };
     let bytes = number * multiplier as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
@@ -40,13 +48,17 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {

@@ -64,7 +64,11 @@ impl Client {
         let rpc = DfdaemonDownloadClient::new(connect_channel(socket))
             .max_decoding_message_size(GRPC_MAX_MESSAGE)
             .max_encoding_message_size(GRPC_MAX_MESSAGE);
-        Self { rpc, socket: socket.to_path_buf(), legacy: Arc::new(AtomicBool::new(false)) }
+        Self {
+            rpc,
+            socket: socket.to_path_buf(),
+            legacy: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -88,30 +92,50 @@ impl Client {
     }
 
     pub async fn stat(&self, task_id: &str) -> ClientResult<PersistentCacheTask> {
-        let req = StatPersistentCacheTaskRequest { task_id: task_id.to_string(), remote_ip: None };
+        let req = StatPersistentCacheTaskRequest {
+            task_id: task_id.to_string(),
+            remote_ip: None,
+        };
         let resp = self.rpc.clone().stat_persistent_cache_task(req).await;
-        resp.map(|r| r.into_inner()).map_err(|s| self.error(s, Some(task_id)))
+        resp.map(|r| r.into_inner())
+            .map_err(|s| self.error(s, Some(task_id)))
     }
 
-    pub async fn stat_local(&self, task_id: &str) -> ClientResult<StatLocalPersistentCacheTaskResponse> {
-        let req = StatLocalPersistentCacheTaskRequest { task_id: task_id.to_string(), remote_ip: None };
+    pub async fn stat_local(
+        &self,
+        task_id: &str,
+    ) -> ClientResult<StatLocalPersistentCacheTaskResponse> {
+        let req = StatLocalPersistentCacheTaskRequest {
+            task_id: task_id.to_string(),
+            remote_ip: None,
+        };
         let resp = self.rpc.clone().stat_local_persistent_cache_task(req).await;
-        resp.map(|r| r.into_inner()).map_err(|s| self.error(s, Some(task_id)))
+        resp.map(|r| r.into_inner())
+            .map_err(|s| self.error(s, Some(task_id)))
     }
 
     pub async fn list_local(&self) -> ClientResult<Vec<StatLocalPersistentCacheTaskResponse>> {
         let req = ListLocalPersistentCacheTasksRequest { remote_ip: None };
-        let resp = self.rpc.clone().list_local_persistent_cache_tasks(req).await;
-        resp.map(|r| r.into_inner().tasks).map_err(|s| self.error(s, None))
+        let resp = self
+            .rpc
+            .clone()
+            .list_local_persistent_cache_tasks(req)
+            .await;
+        resp.map(|r| r.into_inner().tasks)
+            .map_err(|s| self.error(s, None))
     }
 
     pub async fn delete(&self, task_id: &str) -> ClientResult<()> {
-        let req = DeletePersistentCacheTaskRequest { task_id: task_id.to_string(), remote_ip: None };
+        let req = DeletePersistentCacheTaskRequest {
+            task_id: task_id.to_string(),
+            remote_ip: None,
+        };
         match self.rpc.clone().delete_persistent_cache_task(req).await {
             Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::Unimplemented => {
-                Err(ClientError::Unsupported { socket: self.socket.clone(), what: "deleting tasks" })
-            }
+            Err(s) if s.code() == tonic::Code::Unimplemented => Err(ClientError::Unsupported {
+                socket: self.socket.clone(),
+                what: "deleting tasks",
+            }),
             Err(s) => Err(self.error(s, Some(task_id))),
         }
     }

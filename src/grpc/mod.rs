@@ -5,7 +5,7 @@ pub mod client;
 pub mod server;
 mod socket;
 
-pub use socket::{connect_channel, GRPC_MAX_MESSAGE, GRPC_FRAME_SIZE};
+pub use socket::{connect_channel, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE};
 
 /// Generated protobuf and tonic code.
 pub mod pb {

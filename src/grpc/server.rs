@@ -15,9 +15,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
 
 use crate::grpc::pb::common::PersistentCacheTask;
-use crate::grpc::pb::dfdaemon::dfdaemon_download_server::{DfdaemonDownload, DfdaemonDownloadServer};
+use crate::grpc::pb::dfdaemon::dfdaemon_download_server::{
+    DfdaemonDownload, DfdaemonDownloadServer,
+};
 use crate::grpc::pb::dfdaemon::*;
-use crate::grpc::socket::{GRPC_CONNECTION_WINDOW, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE, GRPC_STREAM_WINDOW};
+use crate::grpc::socket::{
+    GRPC_CONNECTION_WINDOW, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE, GRPC_STREAM_WINDOW,
+};
 use crate::store::{duration_to_proto, Store, StoreError, TaskMeta, WriteParams};
 
 pub use listener::{bind_socket, DEFAULT_SOCKET_MODE};
@@ -33,7 +37,10 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { socket_mode: DEFAULT_SOCKET_MODE, gc_interval: Duration::from_secs(60) }
+        Self {
+            socket_mode: DEFAULT_SOCKET_MODE,
+            gc_interval: Duration::from_secs(60),
+        }
     }
 }
 
@@ -52,7 +59,10 @@ pub async fn serve(
         .initial_stream_window_size(GRPC_STREAM_WINDOW)
         .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
         .add_service(service(store))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
         .await;
     gc.abort();
     let _ = std::fs::remove_file(socket);
@@ -121,7 +131,10 @@ impl DfdaemonDownload for Daemon {
         request: Request<Streaming<WritePersistentCacheTaskRequest>>,
     ) -> Result<Response<WritePersistentCacheTaskResponse>, Status> {
         let span = info_span!("write", task_id = tracing::field::Empty);
-        write::handle(&self.store, request.into_inner()).instrument(span).await.map(Response::new)
+        write::handle(&self.store, request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
     }
 
     type ReadPersistentCacheTaskStream = ResponseStream<ReadPersistentCacheTaskResponse>;
@@ -139,7 +152,9 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<DownloadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
-        download::handle(&self.store, request.into_inner()).await.map(Response::new)
+        download::handle(&self.store, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn upload_persistent_cache_task(
@@ -150,7 +165,10 @@ impl DfdaemonDownload for Daemon {
         let path = PathBuf::from(&req.path);
         let span = info_span!("upload", path = %path.display());
         if !path.is_absolute() {
-            return Err(Status::invalid_argument(format!("upload path {} is not absolute", path.display())));
+            return Err(Status::invalid_argument(format!(
+                "upload path {} is not absolute",
+                path.display()
+            )));
         }
         let params = WriteParams {
             expected_length: None,
@@ -161,7 +179,12 @@ impl DfdaemonDownload for Daemon {
             ttl: req.ttl.map(crate::store::duration_from_proto),
             content_for_calculating_task_id: req.content_for_calculating_task_id,
         };
-        let meta = self.store.import_path(&path, params).instrument(span).await.map_err(status_of)?;
+        let meta = self
+            .store
+            .import_path(&path, params)
+            .instrument(span)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(meta.to_proto()))
     }
 
@@ -169,7 +192,10 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<StatPersistentCacheTaskRequest>,
     ) -> Result<Response<PersistentCacheTask>, Status> {
-        let meta = self.store.get(&request.into_inner().task_id).map_err(status_of)?;
+        let meta = self
+            .store
+            .get(&request.into_inner().task_id)
+            .map_err(status_of)?;
         Ok(Response::new(meta.to_proto()))
     }
 
@@ -177,7 +203,10 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<StatLocalPersistentCacheTaskRequest>,
     ) -> Result<Response<StatLocalPersistentCacheTaskResponse>, Status> {
-        let meta = self.store.get(&request.into_inner().task_id).map_err(status_of)?;
+        let meta = self
+            .store
+            .get(&request.into_inner().task_id)
+            .map_err(status_of)?;
         Ok(Response::new(stat_local(&meta)))
     }
 
@@ -186,7 +215,9 @@ impl DfdaemonDownload for Daemon {
         _request: Request<ListLocalPersistentCacheTasksRequest>,
     ) -> Result<Response<ListLocalPersistentCacheTasksResponse>, Status> {
         let tasks = self.store.list().iter().map(stat_local).collect();
-        Ok(Response::new(ListLocalPersistentCacheTasksResponse { tasks }))
+        Ok(Response::new(ListLocalPersistentCacheTasksResponse {
+            tasks,
+        }))
     }
 
     async fn delete_persistent_cache_task(

@@ -73,10 +73,15 @@ impl PathMapper {
         let Some((from, to)) = best else {
             return Err(MappingError::Unmapped(path.to_path_buf()));
         };
-        let rest = literal.strip_prefix(from).map_err(|_| MappingError::Unmapped(path.to_path_buf()))?;
+        let rest = literal
+            .strip_prefix(from)
+            .map_err(|_| MappingError::Unmapped(path.to_path_buf()))?;
         let mapped = normalize(&to.join(rest));
         if !mapped.starts_with(to) {
-            return Err(MappingError::Escapes { path: path.to_path_buf(), prefix: from.clone() });
+            return Err(MappingError::Escapes {
+                path: path.to_path_buf(),
+                prefix: from.clone(),
+            });
         }
         Ok(mapped)
     }

@@ -12,9 +12,19 @@ pub enum MappingError {
     #[error("path mapping entry {index} ({entry:?}) is not of the form container:host")]
     MissingSeparator { index: usize, entry: String },
     #[error("path mapping entry {index} ({entry:?}): {side} path {path:?} is not absolute")]
-    NotAbsolute { index: usize, entry: String, side: &'static str, path: String },
+    NotAbsolute {
+        index: usize,
+        entry: String,
+        side: &'static str,
+        path: String,
+    },
     #[error("path mapping entry {index} ({entry:?}) repeats the container prefix {prefix:?} of entry {first}")]
-    DuplicatePrefix { index: usize, entry: String, prefix: PathBuf, first: usize },
+    DuplicatePrefix {
+        index: usize,
+        entry: String,
+        prefix: PathBuf,
+        first: usize,
+    },
     #[error("{0} is not an absolute path")]
     RelativePath(PathBuf),
     #[error("{0} is under no mapped prefix, so the daemon cannot see it")]
@@ -38,19 +48,34 @@ impl FromStr for PathMapper {
             if entry.is_empty() {
                 return Err(MappingError::EmptyEntry { index });
             }
-            let (container, host) = entry
-                .split_once(':')
-                .ok_or_else(|| MappingError::MissingSeparator { index, entry: entry.to_string() })?;
+            let (container, host) =
+                entry
+                    .split_once(':')
+                    .ok_or_else(|| MappingError::MissingSeparator {
+                        index,
+                        entry: entry.to_string(),
+                    })?;
             let side = |name: &'static str, value: &str| {
                 let p = Path::new(value);
                 if p.is_absolute() {
                     Ok(normalize(p))
                 } else {
-                    Err(MappingError::NotAbsolute { index, entry: entry.to_string(), side: name, path: value.to_string() })
+                    Err(MappingError::NotAbsolute {
+                        index,
+                        entry: entry.to_string(),
+                        side: name,
+                        path: value.to_string(),
+                    })
                 }
             };
-            let mapping = Mapping { container: side("container", container)?, host: side("host", host)? };
-            if let Some((first, _)) = mappings.iter().find(|(_, m)| m.container == mapping.container) {
+            let mapping = Mapping {
+                container: side("container", container)?,
+                host: side("host", host)?,
+            };
+            if let Some((first, _)) = mappings
+                .iter()
+                .find(|(_, m)| m.container == mapping.container)
+            {
                 return Err(MappingError::DuplicatePrefix {
                     index,
                     entry: entry.to_string(),

@@ -15,31 +15,54 @@ fn host(m: &PathMapper, p: &str) -> Result<PathBuf, MappingError> {
 #[test]
 fn maps_by_prefix() {
     let m = mapper("/data:/var/lib/pods/x/data");
-    assert_eq!(host(&m, "/data/a/b.bin").unwrap(), Path::new("/var/lib/pods/x/data/a/b.bin"));
-    assert_eq!(host(&m, "/data").unwrap(), Path::new("/var/lib/pods/x/data"));
+    assert_eq!(
+        host(&m, "/data/a/b.bin").unwrap(),
+        Path::new("/var/lib/pods/x/data/a/b.bin")
+    );
+    assert_eq!(
+        host(&m, "/data").unwrap(),
+        Path::new("/var/lib/pods/x/data")
+    );
 }
 
 #[test]
 fn longest_prefix_wins_whatever_the_order() {
     for spec in ["/data:/h1,/data/models:/h2", "/data/models:/h2,/data:/h1"] {
         let m = mapper(spec);
-        assert_eq!(host(&m, "/data/models/m.bin").unwrap(), Path::new("/h2/m.bin"), "{spec}");
-        assert_eq!(host(&m, "/data/other").unwrap(), Path::new("/h1/other"), "{spec}");
+        assert_eq!(
+            host(&m, "/data/models/m.bin").unwrap(),
+            Path::new("/h2/m.bin"),
+            "{spec}"
+        );
+        assert_eq!(
+            host(&m, "/data/other").unwrap(),
+            Path::new("/h1/other"),
+            "{spec}"
+        );
     }
 }
 
 #[test]
 fn prefixes_match_whole_components_only() {
     let m = mapper("/data:/h");
-    assert_eq!(host(&m, "/database/x"), Err(MappingError::Unmapped("/database/x".into())));
+    assert_eq!(
+        host(&m, "/database/x"),
+        Err(MappingError::Unmapped("/database/x".into()))
+    );
     assert_eq!(host(&m, "/dat"), Err(MappingError::Unmapped("/dat".into())));
 }
 
 #[test]
 fn dot_dot_cannot_escape_the_prefix() {
     let m = mapper("/data:/h");
-    assert!(matches!(host(&m, "/data/../etc/passwd"), Err(MappingError::Escapes { .. })));
-    assert!(matches!(host(&m, "/data/a/../../etc"), Err(MappingError::Escapes { .. })));
+    assert!(matches!(
+        host(&m, "/data/../etc/passwd"),
+        Err(MappingError::Escapes { .. })
+    ));
+    assert!(matches!(
+        host(&m, "/data/a/../../etc"),
+        Err(MappingError::Escapes { .. })
+    ));
     // `..` that stays inside is fine.
     assert_eq!(host(&m, "/data/a/../b").unwrap(), Path::new("/h/b"));
     assert_eq!(host(&m, "/data/./a").unwrap(), Path::new("/h/a"));
@@ -47,8 +70,14 @@ fn dot_dot_cannot_escape_the_prefix() {
 
 #[test]
 fn relative_paths_are_refused() {
-    assert_eq!(host(&mapper("/data:/h"), "data/x"), Err(MappingError::RelativePath("data/x".into())));
-    assert_eq!(host(&PathMapper::default(), "x"), Err(MappingError::RelativePath("x".into())));
+    assert_eq!(
+        host(&mapper("/data:/h"), "data/x"),
+        Err(MappingError::RelativePath("data/x".into()))
+    );
+    assert_eq!(
+        host(&PathMapper::default(), "x"),
+        Err(MappingError::RelativePath("x".into()))
+    );
 }
 
 #[test]
@@ -65,8 +94,14 @@ fn reverse_mirrors_forward() {
         let h = host(&m, p).unwrap();
         assert_eq!(m.to_container(&h).unwrap(), Path::new(p));
     }
-    assert!(matches!(m.to_container(Path::new("/host/data/../x")), Err(MappingError::Escapes { .. })));
-    assert!(matches!(m.to_container(Path::new("/elsewhere")), Err(MappingError::Unmapped(_))));
+    assert!(matches!(
+        m.to_container(Path::new("/host/data/../x")),
+        Err(MappingError::Escapes { .. })
+    ));
+    assert!(matches!(
+        m.to_container(Path::new("/elsewhere")),
+        Err(MappingError::Unmapped(_))
+    ));
 }
 
 #[test]
@@ -80,10 +115,34 @@ fn parse_errors_name_the_entry() {
     let err = |s: &str| s.parse::<PathMapper>().unwrap_err();
     assert_eq!(err("/a:/b,,/c:/d"), MappingError::EmptyEntry { index: 2 });
     assert_eq!(err("/a:/b,"), MappingError::EmptyEntry { index: 2 });
-    assert!(matches!(err("/a"), MappingError::MissingSeparator { index: 1, .. }));
-    assert!(matches!(err("a:/b"), MappingError::NotAbsolute { index: 1, side: "container", .. }));
-    assert!(matches!(err("/a:/b,/c:d"), MappingError::NotAbsolute { index: 2, side: "host", .. }));
-    assert!(matches!(err("/a:/b,/a/:/c"), MappingError::DuplicatePrefix { index: 2, first: 1, .. }));
+    assert!(matches!(
+        err("/a"),
+        MappingError::MissingSeparator { index: 1, .. }
+    ));
+    assert!(matches!(
+        err("a:/b"),
+        MappingError::NotAbsolute {
+            index: 1,
+            side: "container",
+            ..
+        }
+    ));
+    assert!(matches!(
+        err("/a:/b,/c:d"),
+        MappingError::NotAbsolute {
+            index: 2,
+            side: "host",
+            ..
+        }
+    ));
+    assert!(matches!(
+        err("/a:/b,/a/:/c"),
+        MappingError::DuplicatePrefix {
+            index: 2,
+            first: 1,
+            ..
+        }
+    ));
     let msg = err("/a:/b,/c:d").to_string();
     assert!(msg.contains("entry 2") && msg.contains("\"d\""), "{msg}");
 }

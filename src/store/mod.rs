@@ -60,7 +60,8 @@ impl Store {
         let tasks_dir = dir.join("tasks");
         let tmp_dir = dir.join("tmp");
         for d in [&tasks_dir, &tmp_dir] {
-            std::fs::create_dir_all(d).map_err(|e| StoreError::io(format!("create {}", d.display()), e))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| StoreError::io(format!("create {}", d.display()), e))?;
         }
         clean_dir(&tmp_dir)?;
         let tasks = load_tasks(&tasks_dir)?;
@@ -103,7 +104,9 @@ impl Store {
         let path = self.data_path(id);
         match File::open(&path) {
             Ok(file) => Ok((meta, Arc::new(file))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(id.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound(id.to_string()))
+            }
             Err(e) => Err(StoreError::io(format!("open {}", path.display()), e)),
         }
     }
@@ -111,16 +114,27 @@ impl Store {
     /// Starts writing a new task; it exists only once `finish` returns.
     pub fn begin_write(&self, params: WriteParams) -> StoreResult<TaskWriter> {
         let n = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-        let temp = self.inner.tmp_dir.join(format!("{}-{n}.part", std::process::id()));
+        let temp = self
+            .inner
+            .tmp_dir
+            .join(format!("{}-{n}.part", std::process::id()));
         TaskWriter::start(self.clone(), params, temp)
     }
 
     /// Imports a file the daemon can open itself (the legacy upload RPC).
     pub async fn import_path(&self, path: &Path, mut params: WriteParams) -> StoreResult<TaskMeta> {
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| StoreError::path(path, e))?;
-        let metadata = file.metadata().await.map_err(|e| StoreError::path(path, e))?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| StoreError::path(path, e))?;
+        let metadata = file
+            .metadata()
+            .await
+            .map_err(|e| StoreError::path(path, e))?;
         if !metadata.is_file() {
-            return Err(StoreError::InvalidArgument(format!("{}: not a regular file", path.display())));
+            return Err(StoreError::InvalidArgument(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
         }
         params.expected_length = Some(metadata.len());
         let mut writer = self.begin_write(params)?;
@@ -211,7 +225,10 @@ impl Store {
     /// Writes the metadata atomically (temp, fsync, rename, fsync the dir).
     fn write_meta(&self, meta: &TaskMeta) -> StoreResult<()> {
         let n = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-        let temp = self.inner.tmp_dir.join(format!("{}-{n}.meta", std::process::id()));
+        let temp = self
+            .inner
+            .tmp_dir
+            .join(format!("{}-{n}.meta", std::process::id()));
         let target = self.meta_path(&meta.id);
         let result = (|| -> std::io::Result<()> {
             let mut f = File::create(&temp)?;
@@ -244,11 +261,17 @@ impl Store {
     }
 
     fn read_tasks(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TaskMeta>> {
-        self.inner.tasks.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .tasks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write_tasks(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TaskMeta>> {
-        self.inner.tasks.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .tasks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -276,7 +299,8 @@ fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
 }
 
 fn clean_dir(dir: &Path) -> StoreResult<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("read {}", dir.display()), e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("read {}", dir.display()), e))?;
     for entry in entries.flatten() {
         let path = entry.path();
         debug!(path = %path.display(), "removing leftover of an unfinished write");
@@ -288,8 +312,8 @@ fn clean_dir(dir: &Path) -> StoreResult<()> {
 /// Loads every task with valid metadata and content of the recorded length;
 /// removes the rest.
 fn load_tasks(tasks_dir: &Path) -> StoreResult<HashMap<String, TaskMeta>> {
-    let entries =
-        std::fs::read_dir(tasks_dir).map_err(|e| StoreError::io(format!("read {}", tasks_dir.display()), e))?;
+    let entries = std::fs::read_dir(tasks_dir)
+        .map_err(|e| StoreError::io(format!("read {}", tasks_dir.display()), e))?;
     let mut tasks = HashMap::new();
     let mut data_files = Vec::new();
     for entry in entries.flatten() {
@@ -305,7 +329,8 @@ fn load_tasks(tasks_dir: &Path) -> StoreResult<HashMap<String, TaskMeta>> {
         let loaded = std::fs::read(&path)
             .map_err(|e| StoreError::io(format!("read {}", path.display()), e))
             .and_then(|bytes| TaskMeta::decode(&bytes));
-        let data_len = std::fs::metadata(tasks_dir.join(format!("{id}{DATA_SUFFIX}"))).map(|m| m.len());
+        let data_len =
+            std::fs::metadata(tasks_dir.join(format!("{id}{DATA_SUFFIX}"))).map(|m| m.len());
         match (loaded, data_len) {
             (Ok(meta), Ok(len)) if meta.id == id && meta.content_length == len => {
                 tasks.insert(meta.id.clone(), meta);
@@ -317,7 +342,10 @@ fn load_tasks(tasks_dir: &Path) -> StoreResult<HashMap<String, TaskMeta>> {
         }
     }
     for path in data_files {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let id = name.trim_end_matches(DATA_SUFFIX);
         if !tasks.contains_key(id) {
             warn!(path = %path.display(), "removing content without metadata");

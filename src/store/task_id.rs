@@ -26,7 +26,10 @@ pub struct TaskIdHasher {
 
 impl TaskIdHasher {
     pub fn new(inputs: TaskIdInputs) -> Self {
-        Self { content: Sha256::new(), inputs }
+        Self {
+            content: Sha256::new(),
+            inputs,
+        }
     }
 
     /// Whether the content matters at all (it does not when the id comes
@@ -67,7 +70,10 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 
 /// Whether `id` has the shape of a task id (64 lowercase hex digits).
 pub fn is_task_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -108,7 +114,10 @@ mod tests {
             content_for_calculating_task_id: Some("my-id".into()),
             ..Default::default()
         };
-        assert_eq!(id_of(b"ignored", inputs), hex::encode(Sha256::digest(b"my-id")));
+        assert_eq!(
+            id_of(b"ignored", inputs),
+            hex::encode(Sha256::digest(b"my-id"))
+        );
     }
 
     #[test]

@@ -71,7 +71,11 @@ pub struct TaskWriter {
 }
 
 impl TaskWriter {
-    pub(super) fn start(store: Store, params: WriteParams, temp_path: PathBuf) -> StoreResult<Self> {
+    pub(super) fn start(
+        store: Store,
+        params: WriteParams,
+        temp_path: PathBuf,
+    ) -> StoreResult<Self> {
         params.validate()?;
         let file = File::create(&temp_path)
             .map_err(|e| StoreError::io(format!("create {}", temp_path.display()), e))?;
@@ -83,7 +87,9 @@ impl TaskWriter {
         };
         let (hash_tx, hash_rx) = mpsc::channel(QUEUE_DEPTH);
         let (file_tx, file_rx) = mpsc::channel(QUEUE_DEPTH);
-        let hash_thread = spawn_named("dfcache-hash", move || hash_loop(TaskIdHasher::new(inputs), hash_rx))?;
+        let hash_thread = spawn_named("dfcache-hash", move || {
+            hash_loop(TaskIdHasher::new(inputs), hash_rx)
+        })?;
         let file_thread = spawn_named("dfcache-write", move || write_loop(file, file_rx))?;
         Ok(Self {
             store,
@@ -122,7 +128,10 @@ impl TaskWriter {
         if !sent {
             // A worker stopped: its error comes out of finish_workers.
             return Err(self.finish_workers().await.err().unwrap_or_else(|| {
-                StoreError::io("write task content", std::io::Error::other("writer stopped"))
+                StoreError::io(
+                    "write task content",
+                    std::io::Error::other("writer stopped"),
+                )
             }));
         }
         self.written += len;
@@ -152,7 +161,11 @@ impl TaskWriter {
             persistent_replica_count: self.params.persistent_replica_count,
             tag: self.params.tag.clone(),
             application: self.params.application.clone(),
-            ttl: self.params.ttl.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TTL),
+            ttl: self
+                .params
+                .ttl
+                .filter(|t| !t.is_zero())
+                .unwrap_or(DEFAULT_TTL),
             created_at: now,
             updated_at: now,
         };
@@ -180,9 +193,15 @@ impl TaskWriter {
         })
         .await
         .map_err(|e| StoreError::io("join writer threads", std::io::Error::other(e)))?;
-        let worker_died = || StoreError::io("write task content", std::io::Error::other("worker thread died"));
+        let worker_died = || {
+            StoreError::io(
+                "write task content",
+                std::io::Error::other("worker thread died"),
+            )
+        };
         let file = file.ok_or_else(worker_died)?.map_err(|_| worker_died())?;
-        let file = file.map_err(|e| StoreError::io(format!("write {}", self.temp_path.display()), e))?;
+        let file =
+            file.map_err(|e| StoreError::io(format!("write {}", self.temp_path.display()), e))?;
         let hasher = hasher.ok_or_else(worker_died)?.map_err(|_| worker_died())?;
         let temp = self.temp_path.clone();
         tokio::task::spawn_blocking(move || file.sync_all())

@@ -39,25 +39,41 @@ pub enum ClientError {
 pub type ClientResult<T> = Result<T, ClientError>;
 
 impl ClientError {
-    pub fn from_status(status: tonic::Status, task_id: Option<&str>, socket: &std::path::Path) -> Self {
+    pub fn from_status(
+        status: tonic::Status,
+        task_id: Option<&str>,
+        socket: &std::path::Path,
+    ) -> Self {
         let message = status.message().to_string();
         // Released dfdaemon reports an unknown task as INTERNAL "... not found".
         let not_found = status.code() == Code::NotFound
-            || (status.code() == Code::Internal && message.to_ascii_lowercase().contains("not found"));
+            || (status.code() == Code::Internal
+                && message.to_ascii_lowercase().contains("not found"));
         match (status.code(), task_id) {
             (_, Some(id)) if not_found => ClientError::NotFound(id.to_string()),
-            (Code::Unavailable, _) => ClientError::Unavailable { socket: socket.to_path_buf(), message },
-            (Code::InvalidArgument | Code::OutOfRange, _) => ClientError::InvalidArgument { message },
+            (Code::Unavailable, _) => ClientError::Unavailable {
+                socket: socket.to_path_buf(),
+                message,
+            },
+            (Code::InvalidArgument | Code::OutOfRange, _) => {
+                ClientError::InvalidArgument { message }
+            }
             (Code::ResourceExhausted, _) => ClientError::NoSpace { message },
             (Code::PermissionDenied, _) => ClientError::PermissionDenied { message },
             (Code::AlreadyExists, _) => ClientError::AlreadyExists { message },
-            (Code::DeadlineExceeded, _) => ClientError::Daemon { code: Code::DeadlineExceeded, message },
+            (Code::DeadlineExceeded, _) => ClientError::Daemon {
+                code: Code::DeadlineExceeded,
+                message,
+            },
             (code, _) => ClientError::Daemon { code, message },
         }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ClientError::Io { context: context.into(), source }
+        ClientError::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The errno a file system call should fail with (DESIGN.md's table).

@@ -33,7 +33,11 @@ pub struct PieceStream {
 
 impl Client {
     /// Asks the daemon to import the file at `daemon_path` (as it sees it).
-    pub async fn upload_task(&self, daemon_path: &Path, options: &ImportOptions) -> ClientResult<PersistentCacheTask> {
+    pub async fn upload_task(
+        &self,
+        daemon_path: &Path,
+        options: &ImportOptions,
+    ) -> ClientResult<PersistentCacheTask> {
         let req = UploadPersistentCacheTaskRequest {
             content_for_calculating_task_id: options.content_for_calculating_task_id.clone(),
             path: daemon_path.to_string_lossy().into_owned(),
@@ -46,7 +50,8 @@ impl Client {
             remote_ip: None,
         };
         let resp = self.rpc.clone().upload_persistent_cache_task(req).await;
-        resp.map(|r| r.into_inner()).map_err(|s| self.error(s, None))
+        resp.map(|r| r.into_inner())
+            .map_err(|s| self.error(s, None))
     }
 
     /// Starts a legacy download. With `output_path` the daemon writes the
@@ -79,7 +84,12 @@ impl Client {
             .await
             .map_err(|s| self.error(s, Some(task_id)))?
             .into_inner();
-        Ok(PieceStream { stream, task_id: task_id.to_string(), socket: self.socket.clone(), content_length: None })
+        Ok(PieceStream {
+            stream,
+            task_id: task_id.to_string(),
+            socket: self.socket.clone(),
+            content_length: None,
+        })
     }
 }
 
@@ -105,9 +115,9 @@ impl PieceStream {
                     self.content_length = Some(started.content_length);
                 }
                 Some(Msg::DownloadPieceFinishedResponse(finished)) => {
-                    let piece = finished
-                        .piece
-                        .ok_or_else(|| ClientError::Protocol("a finished-piece message without a piece".into()))?;
+                    let piece = finished.piece.ok_or_else(|| {
+                        ClientError::Protocol("a finished-piece message without a piece".into())
+                    })?;
                     return Ok(Some(DownloadedPiece {
                         number: piece.number,
                         offset: piece.offset,
@@ -115,7 +125,11 @@ impl PieceStream {
                         content: piece.content,
                     }));
                 }
-                None => return Err(ClientError::Protocol("a download message with no content".into())),
+                None => {
+                    return Err(ClientError::Protocol(
+                        "a download message with no content".into(),
+                    ))
+                }
             }
         }
     }

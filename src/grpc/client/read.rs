@@ -86,7 +86,9 @@ impl TaskReader {
     pub fn end(&self) -> Option<u64> {
         let to_end = self.content_length;
         match self.range.length {
-            Some(len) => Some(self.range.offset.saturating_add(len)).map(|e| to_end.map_or(e, |c| e.min(c))),
+            Some(len) => {
+                Some(self.range.offset.saturating_add(len)).map(|e| to_end.map_or(e, |c| e.min(c)))
+            }
             None => to_end,
         }
     }
@@ -147,7 +149,10 @@ impl TaskReader {
                 // Whole-task stream: trim to the requested range.
                 let start = self.raw_offset;
                 self.raw_offset += content.len() as u64;
-                let want_end = self.range.length.map(|l| self.range.offset.saturating_add(l));
+                let want_end = self
+                    .range
+                    .length
+                    .map(|l| self.range.offset.saturating_add(l));
                 let lo = self.next_offset.max(start);
                 let hi = want_end.map_or(self.raw_offset, |e| e.min(self.raw_offset));
                 if lo >= hi {
@@ -162,7 +167,10 @@ impl TaskReader {
             }
         };
         if offset != self.next_offset {
-            return Err(self.protocol(&format!("chunk at offset {offset}, expected {}", self.next_offset)));
+            return Err(self.protocol(&format!(
+                "chunk at offset {offset}, expected {}",
+                self.next_offset
+            )));
         }
         self.next_offset += content.len() as u64;
         Ok(Some((offset, content)))
@@ -180,10 +188,16 @@ impl TaskReader {
 
     async fn recv(&mut self) -> ClientResult<Option<Msg>> {
         match self.stream.message().await {
-            Ok(Some(ReadPersistentCacheTaskResponse { response: Some(msg) })) => Ok(Some(msg)),
+            Ok(Some(ReadPersistentCacheTaskResponse {
+                response: Some(msg),
+            })) => Ok(Some(msg)),
             Ok(Some(_)) => Err(self.protocol("a message with no content")),
             Ok(None) => Ok(None),
-            Err(status) => Err(ClientError::from_status(status, Some(&self.task_id), &self.socket)),
+            Err(status) => Err(ClientError::from_status(
+                status,
+                Some(&self.task_id),
+                &self.socket,
+            )),
         }
     }
 

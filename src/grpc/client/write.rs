@@ -62,7 +62,11 @@ impl Client {
             // stream is broken, so it stores nothing.
             let _ = read_result_tx.send(result);
         });
-        let response = self.rpc.clone().write_persistent_cache_task(ReceiverStream::new(rx)).await;
+        let response = self
+            .rpc
+            .clone()
+            .write_persistent_cache_task(ReceiverStream::new(rx))
+            .await;
         // A local read error explains a refused stream better than the daemon can.
         if let Ok(Err(read_error)) = read_result_rx.await {
             return Err(read_error);
@@ -92,16 +96,20 @@ impl Client {
             let file = tokio::fs::File::open(local)
                 .await
                 .map_err(|e| ClientError::io(format!("open {}", local.display()), e))?;
-            let len = file
+            let meta = file
                 .metadata()
                 .await
-                .map_err(|e| ClientError::io(format!("stat {}", local.display()), e))?
-                .len();
-            progress.set_total(len);
-            match self.write_task(file, Some(len), options, progress.clone()).await {
-                Err(ClientError::Daemon { code: Code::Unimplemented, .. }) => {
-                    self.fall_back("WritePersistentCacheTask")
-                }
+                .map_err(|e| ClientError::io(format!("stat {}", local.display()), e))?;
+            // A pipe or device has no size to announce.
+            let len = Some(meta.len()).filter(|_| meta.is_file());
+            if let Some(len) = len {
+                progress.set_total(len);
+            }
+            match self.write_task(file, len, options, progress.clone()).await {
+                Err(ClientError::Daemon {
+                    code: Code::Unimplemented,
+                    ..
+                }) => self.fall_back("WritePersistentCacheTask"),
                 other => return other,
             }
         }
@@ -130,14 +138,21 @@ async fn pump<R: AsyncRead + Unpin>(
     progress: Arc<dyn Progress>,
 ) -> ClientResult<()> {
     let msg = |m| WritePersistentCacheTaskRequest { response: Some(m) };
-    if tx.send(msg(Msg::WritePersistentCacheTaskStartedRequest(started))).await.is_err() {
+    if tx
+        .send(msg(Msg::WritePersistentCacheTaskStartedRequest(started)))
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     loop {
         let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
         // Fill whole chunks: fewer, larger messages are faster.
         while buf.len() < CHUNK_SIZE {
-            let n = reader.read_buf(&mut buf).await.map_err(|e| ClientError::io("read import source", e))?;
+            let n = reader
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| ClientError::io("read import source", e))?;
             if n == 0 {
                 break;
             }
@@ -146,13 +161,19 @@ async fn pump<R: AsyncRead + Unpin>(
             break;
         }
         let len = buf.len() as u64;
-        let chunk = WriteChunkRequest { content: buf.freeze() };
+        let chunk = WriteChunkRequest {
+            content: buf.freeze(),
+        };
         if tx.send(msg(Msg::WriteChunkRequest(chunk))).await.is_err() {
             // The call ended (the daemon refused); its status says why.
             return Ok(());
         }
         progress.advance(len);
     }
-    let _ = tx.send(msg(Msg::WritePersistentCacheTaskFinishedRequest(WritePersistentCacheTaskFinishedRequest {}))).await;
+    let _ = tx
+        .send(msg(Msg::WritePersistentCacheTaskFinishedRequest(
+            WritePersistentCacheTaskFinishedRequest {},
+        )))
+        .await;
     Ok(())
 }

@@ -44,7 +44,11 @@ pub async fn handle(
     let output = match req.output_path.as_deref().filter(|p| !p.is_empty()) {
         Some(path) => Some(Output::create(Path::new(path), req.overwrite)?),
         None if req.need_piece_content => None,
-        None => return Err(Status::invalid_argument("neither output_path nor need_piece_content was given")),
+        None => {
+            return Err(Status::invalid_argument(
+                "neither output_path nor need_piece_content was given",
+            ))
+        }
     };
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let span = info_span!("download", task_id = %meta.id, output = ?req.output_path);
@@ -89,8 +93,16 @@ async fn run(
         peer_id: String::new(),
         response: Some(msg),
     };
-    let started = DownloadPersistentCacheTaskStartedResponse { content_length: meta.content_length };
-    if tx.send(Ok(response(Msg::DownloadPersistentCacheTaskStartedResponse(started)))).await.is_err() {
+    let started = DownloadPersistentCacheTaskStartedResponse {
+        content_length: meta.content_length,
+    };
+    if tx
+        .send(Ok(response(
+            Msg::DownloadPersistentCacheTaskStartedResponse(started),
+        )))
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     for number in 0..meta.piece_count() {
@@ -117,7 +129,11 @@ async fn run(
             created_at: Some(std::time::SystemTime::now().into()),
         };
         let finished = DownloadPieceFinishedResponse { piece: Some(piece) };
-        if tx.send(Ok(response(Msg::DownloadPieceFinishedResponse(finished)))).await.is_err() {
+        if tx
+            .send(Ok(response(Msg::DownloadPieceFinishedResponse(finished))))
+            .await
+            .is_err()
+        {
             return Err(Status::cancelled("the client went away"));
         }
     }
@@ -134,7 +150,9 @@ async fn verify(file: &Arc<File>, len: u64, expected: &Digest) -> Result<(), Sta
         hasher.update(&chunk);
         pos += chunk.len() as u64;
     }
-    expected.verify(&hasher.finish()).map_err(|e| Status::data_loss(e.to_string()))
+    expected
+        .verify(&hasher.finish())
+        .map_err(|e| Status::data_loss(e.to_string()))
 }
 
 /// The file the daemon exports into: written under a temporary name beside
@@ -149,18 +167,36 @@ struct Output {
 impl Output {
     fn create(target: &Path, overwrite: bool) -> Result<Self, Status> {
         if !target.is_absolute() {
-            return Err(Status::invalid_argument(format!("output path {} is not absolute", target.display())));
+            return Err(Status::invalid_argument(format!(
+                "output path {} is not absolute",
+                target.display()
+            )));
         }
         if target.exists() && !overwrite {
-            return Err(Status::already_exists(format!("{} already exists", target.display())));
+            return Err(Status::already_exists(format!(
+                "{} already exists",
+                target.display()
+            )));
         }
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-            return Err(Status::invalid_argument(format!("output path {} names no file", target.display())));
+            return Err(Status::invalid_argument(format!(
+                "output path {} names no file",
+                target.display()
+            )));
         };
         let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
-        let temp = parent.join(format!(".{}.dfcache-{}-{n}.part", name.to_string_lossy(), std::process::id()));
+        let temp = parent.join(format!(
+            ".{}.dfcache-{}-{n}.part",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         let file = File::create(&temp).map_err(|e| io_status(&temp, e))?;
-        Ok(Self { file: Arc::new(file), temp, target: target.to_path_buf(), committed: false })
+        Ok(Self {
+            file: Arc::new(file),
+            temp,
+            target: target.to_path_buf(),
+            committed: false,
+        })
     }
 
     async fn write_at(&self, content: bytes::Bytes, offset: u64) -> Result<(), Status> {

@@ -17,7 +17,10 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// A stale socket left by a crashed daemon is replaced; one that still
 /// accepts connections is refused.
 pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
-    let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
+    let err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(err(std::io::Error::other("exists and is not a socket")));

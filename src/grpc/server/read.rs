@@ -37,11 +37,13 @@ pub fn handle(
     let span = info_span!("read", task_id = %meta.id, offset, end);
     tokio::spawn(
         async move {
-            let started = Msg::ReadPersistentCacheTaskStartedResponse(ReadPersistentCacheTaskStartedResponse {
-                content_length: meta.content_length,
-                piece_length: meta.piece_length,
-                piece_count: meta.piece_count(),
-            });
+            let started = Msg::ReadPersistentCacheTaskStartedResponse(
+                ReadPersistentCacheTaskStartedResponse {
+                    content_length: meta.content_length,
+                    piece_length: meta.piece_length,
+                    piece_count: meta.piece_count(),
+                },
+            );
             if !send(&tx, started).await {
                 return;
             }
@@ -51,29 +53,50 @@ pub fn handle(
                 let content = match read_at(file.clone(), pos, len).await {
                     Ok(content) if content.len() == len => content,
                     Ok(_) => {
-                        let _ = tx.send(Err(Status::data_loss("task content is shorter than recorded"))).await;
+                        let _ = tx
+                            .send(Err(Status::data_loss(
+                                "task content is shorter than recorded",
+                            )))
+                            .await;
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::internal(format!("read task content: {e}")))).await;
+                        let _ = tx
+                            .send(Err(Status::internal(format!("read task content: {e}"))))
+                            .await;
                         return;
                     }
                 };
-                let chunk = Msg::ReadChunkResponse(ReadChunkResponse { content, offset: Some(pos) });
+                let chunk = Msg::ReadChunkResponse(ReadChunkResponse {
+                    content,
+                    offset: Some(pos),
+                });
                 if !send(&tx, chunk).await {
                     debug!(pos, "reader went away");
                     return;
                 }
                 pos += len as u64;
             }
-            send(&tx, Msg::ReadPersistentCacheTaskFinishedResponse(ReadPersistentCacheTaskFinishedResponse {}))
-                .await;
+            send(
+                &tx,
+                Msg::ReadPersistentCacheTaskFinishedResponse(
+                    ReadPersistentCacheTaskFinishedResponse {},
+                ),
+            )
+            .await;
         }
         .instrument(span),
     );
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
-async fn send(tx: &mpsc::Sender<Result<ReadPersistentCacheTaskResponse, Status>>, msg: Msg) -> bool {
-    tx.send(Ok(ReadPersistentCacheTaskResponse { response: Some(msg) })).await.is_ok()
+async fn send(
+    tx: &mpsc::Sender<Result<ReadPersistentCacheTaskResponse, Status>>,
+    msg: Msg,
+) -> bool {
+    tx.send(Ok(ReadPersistentCacheTaskResponse {
+        response: Some(msg),
+    }))
+    .await
+    .is_ok()
 }

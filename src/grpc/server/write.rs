@@ -5,8 +5,10 @@ use tonic::{Status, Streaming};
 use tracing::{info, warn};
 
 use crate::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as Msg;
-use crate::grpc::pb::dfdaemon::{WritePersistentCacheTaskRequest, WritePersistentCacheTaskResponse};
 use crate::grpc::pb::dfdaemon::WritePersistentCacheTaskStartedRequest;
+use crate::grpc::pb::dfdaemon::{
+    WritePersistentCacheTaskRequest, WritePersistentCacheTaskResponse,
+};
 use crate::store::{duration_from_proto, Store, TaskWriter, WriteParams};
 
 use super::status_of;
@@ -20,19 +22,32 @@ pub async fn handle(
 ) -> Result<WritePersistentCacheTaskResponse, Status> {
     let started = match next(&mut stream).await? {
         Some(Msg::WritePersistentCacheTaskStartedRequest(started)) => started,
-        Some(_) => return Err(Status::invalid_argument("the first message must be the started message")),
-        None => return Err(Status::invalid_argument("the stream ended before the started message")),
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first message must be the started message",
+            ))
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "the stream ended before the started message",
+            ))
+        }
     };
     let mut writer = store.begin_write(params_of(started)).map_err(status_of)?;
     loop {
         match next(&mut stream).await {
             Ok(Some(Msg::WriteChunkRequest(chunk))) => {
                 if chunk.content.len() > MAX_CHUNK {
-                    return Err(abort(format!("chunk of {} bytes exceeds {MAX_CHUNK}", chunk.content.len())));
+                    return Err(abort(format!(
+                        "chunk of {} bytes exceeds {MAX_CHUNK}",
+                        chunk.content.len()
+                    )));
                 }
                 writer.write(chunk.content).await.map_err(status_of)?;
             }
-            Ok(Some(Msg::WritePersistentCacheTaskFinishedRequest(_))) => return finish(writer).await,
+            Ok(Some(Msg::WritePersistentCacheTaskFinishedRequest(_))) => {
+                return finish(writer).await
+            }
             Ok(Some(Msg::WritePersistentCacheTaskStartedRequest(_))) => {
                 return Err(abort("a second started message".into()));
             }
@@ -61,9 +76,13 @@ async fn finish(writer: TaskWriter) -> Result<WritePersistentCacheTaskResponse, 
 
 /// The next message's arm; a message without one, or a stream that broke
 /// (oversize message, client gone), is INVALID_ARGUMENT.
-async fn next(stream: &mut Streaming<WritePersistentCacheTaskRequest>) -> Result<Option<Msg>, Status> {
+async fn next(
+    stream: &mut Streaming<WritePersistentCacheTaskRequest>,
+) -> Result<Option<Msg>, Status> {
     match stream.message().await {
-        Ok(Some(WritePersistentCacheTaskRequest { response: Some(msg) })) => Ok(Some(msg)),
+        Ok(Some(WritePersistentCacheTaskRequest {
+            response: Some(msg),
+        })) => Ok(Some(msg)),
         Ok(Some(_)) => Err(abort("a message with no content".into())),
         Ok(None) => Ok(None),
         Err(status) => Err(abort(format!("broken stream: {}", status.message()))),

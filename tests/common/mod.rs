@@ -1,0 +1,198 @@
+//! Helpers for the integration tests: a real `dfcache serve` on a real Unix
+//! socket, the real CLI binary, and deterministic test files.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MIB: u64 = 1 << 20;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dfcache")
+}
+
+/// A `dfcache serve` process; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with its store in `root/store` and socket `root/d.sock`.
+    pub fn start(root: &Path) -> Daemon {
+        Self::start_with(root, &[])
+    }
+
+    pub fn start_with(root: &Path, extra: &[&str]) -> Daemon {
+        let socket = root.join("d.sock");
+        let dir = root.join("store");
+        let child = Command::new(bin())
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
+            .env("DFCACHE_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dfcache serve");
+        let mut daemon = Daemon { child, socket, dir };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not listen on {}", self.socket.display());
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.socket, args)
+    }
+
+    /// Runs the CLI and insists it succeeded; returns trimmed stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "dfcache {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The ids `dfcache ls -q` prints.
+    pub fn ids(&self) -> Vec<String> {
+        let out = self.ok(&["ls", "-q"]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Files left in the store's temporary directory.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.join("tmp"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM first so the socket is removed, then make sure.
+        unsafe_free_term(&self.child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+/// Sends SIGTERM with the `kill` program (no libc in the tests).
+fn unsafe_free_term(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}
+
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--no-progress")
+        .env("DFCACHE_ENDPOINT", socket)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dfcache")
+}
+
+/// Stderr of a failed run; panics when it succeeded.
+pub fn failure(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.status.signal().is_none(),
+        "killed by a signal: {:?}",
+        out.status
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Writes `len` deterministic pseudo-random bytes (seeded) to `path`.
+pub fn write_file(path: &Path, len: u64, seed: u64) {
+    let mut f =
+        std::io::BufWriter::with_capacity(MIB as usize, std::fs::File::create(path).unwrap());
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut left = len;
+    let mut buf = vec![0u8; MIB as usize];
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        for word in buf[..n].chunks_mut(8) {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// The task id dfdaemon would compute for plain content (no tag/app/piece length).
+pub fn expected_id(path: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(cat '{}'; printf PERSISTENT_CACHE) | sha256sum",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+pub fn same_bytes(a: &Path, b: &Path) -> bool {
+    Command::new("cmp")
+        .arg(a)
+        .arg(b)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("dfcache-test-")
+        .tempdir()
+        .unwrap()
+}
