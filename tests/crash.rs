@@ -98,7 +98,10 @@ fn daemon_killed_mid_import_keeps_earlier_tasks_only() {
     drop(writer);
     let out = child.wait_with_output().unwrap();
     let err = failure(&out);
-    assert!(err.contains("import of") && err.contains("failed"), "{err}");
+    assert!(
+        err.contains("import of") && err.contains("failed") && err.contains("daemon"),
+        "{err}"
+    );
     assert!(
         out.stdout.is_empty(),
         "an id was printed for a failed import"

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use dfcache::grpc::server::{serve, ServeOptions};
+use dfcache::grpc::server::{serve, Emulation, ServeOptions};
 use dfcache::store::Store;
 
 use super::parse_timeout;
@@ -25,6 +25,14 @@ pub struct ServeArgs {
     /// How often expired tasks are collected.
     #[arg(long, value_parser = parse_timeout, default_value = "1m")]
     pub gc_interval: Duration,
+    /// Behave like today's released dfdaemon: no streaming RPCs, no delete
+    /// on the download service, export pieces out of order.
+    #[arg(long, conflicts_with = "emulate_api")]
+    pub legacy: bool,
+    /// Behave like a daemon built on this dragonfly-api version ("2.1.12":
+    /// streaming without dfcache's extensions). For compatibility tests.
+    #[arg(long, value_parser = ["2.1.12"], hide = true)]
+    pub emulate_api: Option<String>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -37,9 +45,15 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.dir)
         .with_context(|| format!("cannot open the store at {}", args.dir.display()))?;
+    let emulate = match (args.legacy, args.emulate_api.as_deref()) {
+        (true, _) => Emulation::Legacy,
+        (false, Some(_)) => Emulation::Api2_1_12,
+        (false, None) => Emulation::Current,
+    };
     let options = ServeOptions {
         socket_mode: args.socket_mode,
         gc_interval: args.gc_interval,
+        emulate,
     };
     serve(store, &args.socket, options, shutdown_signal())
         .await

@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub socket_mode: u32,
     /// How often expired tasks are collected.
     pub gc_interval: Duration,
+    /// Which published daemon to behave like.
+    pub emulate: Emulation,
 }
 
 impl Default for ServeOptions {
@@ -40,8 +42,24 @@ impl Default for ServeOptions {
         Self {
             socket_mode: DEFAULT_SOCKET_MODE,
             gc_interval: Duration::from_secs(60),
+            emulate: Emulation::Current,
         }
     }
+}
+
+/// Older daemons the embedded one can stand in for, so clients are tested
+/// against each behaviour they meet in the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Emulation {
+    /// Everything, extensions included.
+    #[default]
+    Current,
+    /// The streaming RPCs as dragonfly-api 2.1.12 defined them: no
+    /// extensions, so reads ignore the range and chunks carry no offset.
+    Api2_1_12,
+    /// Today's released dfdaemon: no streaming RPCs, no delete on this
+    /// service, export pieces delivered out of order.
+    Legacy,
 }
 
 /// Serves `store` on `socket` until `shutdown` resolves.
@@ -58,7 +76,7 @@ pub async fn serve(
         .max_frame_size(GRPC_FRAME_SIZE)
         .initial_stream_window_size(GRPC_STREAM_WINDOW)
         .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
-        .add_service(service(store))
+        .add_service(service(store, options.emulate))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
@@ -70,8 +88,8 @@ pub async fn serve(
 }
 
 /// The tonic service, with message limits raised for 1 MiB chunks.
-pub fn service(store: Store) -> DfdaemonDownloadServer<Daemon> {
-    DfdaemonDownloadServer::new(Daemon { store })
+pub fn service(store: Store, emulate: Emulation) -> DfdaemonDownloadServer<Daemon> {
+    DfdaemonDownloadServer::new(Daemon { store, emulate })
         .max_decoding_message_size(GRPC_MAX_MESSAGE)
         .max_encoding_message_size(GRPC_MAX_MESSAGE)
 }
@@ -93,6 +111,18 @@ pub enum ServeError {
 /// The `DfdaemonDownload` implementation.
 pub struct Daemon {
     store: Store,
+    emulate: Emulation,
+}
+
+impl Daemon {
+    fn refuse_streaming(&self, rpc: &str) -> Result<(), Status> {
+        if self.emulate == Emulation::Legacy {
+            return Err(Status::unimplemented(format!(
+                "{rpc} is not implemented by this daemon"
+            )));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn status_of(err: StoreError) -> Status {
@@ -130,8 +160,10 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<Streaming<WritePersistentCacheTaskRequest>>,
     ) -> Result<Response<WritePersistentCacheTaskResponse>, Status> {
+        self.refuse_streaming("WritePersistentCacheTask")?;
         let span = info_span!("write", task_id = tracing::field::Empty);
-        write::handle(&self.store, request.into_inner())
+        let extensions = self.emulate == Emulation::Current;
+        write::handle(&self.store, request.into_inner(), extensions)
             .instrument(span)
             .await
             .map(Response::new)
@@ -143,7 +175,9 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<ReadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::ReadPersistentCacheTaskStream>, Status> {
-        read::handle(&self.store, request.into_inner()).map(Response::new)
+        self.refuse_streaming("ReadPersistentCacheTask")?;
+        let extensions = self.emulate == Emulation::Current;
+        read::handle(&self.store, request.into_inner(), extensions).map(Response::new)
     }
 
     type DownloadPersistentCacheTaskStream = ResponseStream<DownloadPersistentCacheTaskResponse>;
@@ -152,7 +186,11 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<DownloadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
-        download::handle(&self.store, request.into_inner())
+        let order = match self.emulate {
+            Emulation::Legacy => download::PieceOrder::Scrambled,
+            _ => download::PieceOrder::InOrder,
+        };
+        download::handle(&self.store, request.into_inner(), order)
             .await
             .map(Response::new)
     }
@@ -224,6 +262,12 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<DeletePersistentCacheTaskRequest>,
     ) -> Result<Response<()>, Status> {
+        if self.emulate == Emulation::Legacy {
+            // Upstream has delete only on its upload service.
+            return Err(Status::unimplemented(
+                "DeletePersistentCacheTask is not on DfdaemonDownload",
+            ));
+        }
         let id = request.into_inner().task_id;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.delete(&id))

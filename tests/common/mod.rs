@@ -2,6 +2,8 @@
 //! socket, the real CLI binary, and deterministic test files.
 #![allow(dead_code)]
 
+pub mod inproc;
+
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,10 @@ pub enum ClientError {
     NotFound(String),
     #[error("cannot reach the daemon at {socket}: {message}")]
     Unavailable { socket: PathBuf, message: String },
+    #[error(
+        "the connection to the daemon at {socket} broke mid-call (did the daemon exit?): {message}"
+    )]
+    ConnectionLost { socket: PathBuf, message: String },
     #[error("the daemon at {socket} does not support {what}")]
     Unsupported { socket: PathBuf, what: &'static str },
     #[error("the daemon can only import by path, and {path} has no path it can open: {reason}")]
@@ -52,6 +56,12 @@ impl ClientError {
         match (status.code(), task_id) {
             (_, Some(id)) if not_found => ClientError::NotFound(id.to_string()),
             (Code::Unavailable, _) => ClientError::Unavailable {
+                socket: socket.to_path_buf(),
+                message,
+            },
+            // tonic reports a connection that died under a call as UNKNOWN
+            // (or CANCELLED) with the transport's words.
+            (Code::Unknown | Code::Cancelled, _) => ClientError::ConnectionLost {
                 socket: socket.to_path_buf(),
                 message,
             },

@@ -130,6 +130,11 @@ impl TaskReader {
                 }
                 Some(Msg::ReadPersistentCacheTaskFinishedResponse(_)) => {
                     self.finished = true;
+                    if self.content_length.is_none() {
+                        // No started message: the server sent the whole
+                        // task, so its size is what came.
+                        self.content_length = Some(self.raw_offset);
+                    }
                     return self.check_complete().map(|()| None);
                 }
                 Some(Msg::ReadPersistentCacheTaskStartedResponse(_)) => {

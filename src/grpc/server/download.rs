@@ -29,9 +29,41 @@ static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 type Tx = mpsc::Sender<Result<DownloadPersistentCacheTaskResponse, Status>>;
 
+/// The order pieces are sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceOrder {
+    InOrder,
+    /// As a P2P download delivers them: last first, then the rest
+    /// interleaved from both ends, so no piece arrives where a sequential
+    /// writer would expect it.
+    Scrambled,
+}
+
+impl PieceOrder {
+    fn sequence(self, count: u32) -> Vec<u32> {
+        match self {
+            PieceOrder::InOrder => (0..count).collect(),
+            PieceOrder::Scrambled => {
+                let (mut lo, mut hi) = (0i64, i64::from(count) - 1);
+                let mut out = Vec::with_capacity(count as usize);
+                while lo <= hi {
+                    out.push(hi as u32);
+                    if lo < hi {
+                        out.push(lo as u32);
+                    }
+                    lo += 1;
+                    hi -= 1;
+                }
+                out
+            }
+        }
+    }
+}
+
 pub async fn handle(
     store: &Store,
     req: DownloadPersistentCacheTaskRequest,
+    order: PieceOrder,
 ) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
     let (meta, file) = store.open_content(&req.task_id).map_err(status_of)?;
     let digest = req
@@ -55,7 +87,16 @@ pub async fn handle(
     let need_content = req.need_piece_content;
     tokio::spawn(
         async move {
-            let result = run(&tx, &meta, file, digest, output.as_ref(), need_content).await;
+            let result = run(
+                &tx,
+                &meta,
+                file,
+                digest,
+                output.as_ref(),
+                need_content,
+                order,
+            )
+            .await;
             match (result, output) {
                 (Ok(()), Some(output)) => match output.commit() {
                     Ok(()) => info!("exported to output path"),
@@ -83,6 +124,7 @@ async fn run(
     digest: Option<Digest>,
     output: Option<&Output>,
     need_content: bool,
+    order: PieceOrder,
 ) -> Result<(), Status> {
     if let Some(expected) = digest {
         verify(&file, meta.content_length, &expected).await?;
@@ -105,7 +147,7 @@ async fn run(
     {
         return Ok(());
     }
-    for number in 0..meta.piece_count() {
+    for number in order.sequence(meta.piece_count()) {
         let offset = u64::from(number) * meta.piece_length;
         let length = meta.piece_length.min(meta.content_length - offset);
         let content = read_at(file.clone(), offset, length as usize)
@@ -229,5 +271,22 @@ fn io_status(path: &Path, e: std::io::Error) -> Status {
         std::io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
         std::io::ErrorKind::StorageFull => Status::resource_exhausted(msg),
         _ => Status::internal(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PieceOrder;
+
+    #[test]
+    fn scrambled_order_is_a_permutation_not_in_order() {
+        for count in [0u32, 1, 2, 3, 8, 9] {
+            let mut seq = PieceOrder::Scrambled.sequence(count);
+            if count > 1 {
+                assert_ne!(seq, PieceOrder::InOrder.sequence(count));
+            }
+            seq.sort();
+            assert_eq!(seq, (0..count).collect::<Vec<_>>());
+        }
     }
 }

@@ -17,11 +17,18 @@ pub const CHUNK_SIZE: u64 = 1 << 20;
 /// Chunks read ahead of the client.
 const QUEUE_DEPTH: usize = 4;
 
+/// `extensions: false` behaves as a 2.1.12 daemon: the range is ignored,
+/// there is no started message and chunks carry no offset.
 pub fn handle(
     store: &Store,
-    req: ReadPersistentCacheTaskRequest,
+    mut req: ReadPersistentCacheTaskRequest,
+    extensions: bool,
 ) -> Result<ResponseStream<ReadPersistentCacheTaskResponse>, Status> {
     let (meta, file) = store.open_content(&req.task_id).map_err(status_of)?;
+    if !extensions {
+        req.offset = None;
+        req.length = None;
+    }
     let offset = req.offset.unwrap_or(0);
     if offset > meta.content_length {
         return Err(Status::out_of_range(format!(
@@ -44,7 +51,7 @@ pub fn handle(
                     piece_count: meta.piece_count(),
                 },
             );
-            if !send(&tx, started).await {
+            if extensions && !send(&tx, started).await {
                 return;
             }
             let mut pos = offset;
@@ -69,7 +76,7 @@ pub fn handle(
                 };
                 let chunk = Msg::ReadChunkResponse(ReadChunkResponse {
                     content,
-                    offset: Some(pos),
+                    offset: extensions.then_some(pos),
                 });
                 if !send(&tx, chunk).await {
                     debug!(pos, "reader went away");

@@ -16,9 +16,12 @@ use super::status_of;
 /// Largest chunk accepted; clients send 1 MiB.
 pub const MAX_CHUNK: usize = 16 << 20;
 
+/// `extensions: false` behaves as a 2.1.12 daemon: it ignores the
+/// extension fields of the started message and answers only the task id.
 pub async fn handle(
     store: &Store,
     mut stream: Streaming<WritePersistentCacheTaskRequest>,
+    extensions: bool,
 ) -> Result<WritePersistentCacheTaskResponse, Status> {
     let started = match next(&mut stream).await? {
         Some(Msg::WritePersistentCacheTaskStartedRequest(started)) => started,
@@ -33,7 +36,12 @@ pub async fn handle(
             ))
         }
     };
-    let mut writer = store.begin_write(params_of(started)).map_err(status_of)?;
+    let mut params = params_of(started);
+    if !extensions {
+        params.piece_length = None;
+        params.content_for_calculating_task_id = None;
+    }
+    let mut writer = store.begin_write(params).map_err(status_of)?;
     loop {
         match next(&mut stream).await {
             Ok(Some(Msg::WriteChunkRequest(chunk))) => {
@@ -46,7 +54,15 @@ pub async fn handle(
                 writer.write(chunk.content).await.map_err(status_of)?;
             }
             Ok(Some(Msg::WritePersistentCacheTaskFinishedRequest(_))) => {
-                return finish(writer).await
+                let resp = finish(writer).await?;
+                if extensions {
+                    return Ok(resp);
+                }
+                // 2.1.12's response has the task id alone.
+                return Ok(WritePersistentCacheTaskResponse {
+                    task_id: resp.task_id,
+                    ..Default::default()
+                });
             }
             Ok(Some(Msg::WritePersistentCacheTaskStartedRequest(_))) => {
                 return Err(abort("a second started message".into()));

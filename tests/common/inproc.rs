@@ -1,0 +1,71 @@
+//! The embedded daemon in this test process, on a real Unix socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use dfcache::grpc::client::Client;
+use dfcache::grpc::connect_channel;
+use dfcache::grpc::pb::dfdaemon::dfdaemon_download_client::DfdaemonDownloadClient;
+use dfcache::grpc::server::{serve, ServeOptions};
+use dfcache::store::Store;
+
+pub struct Running {
+    _dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub store: Store,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn start(options: ServeOptions) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("d.sock");
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (s, st) = (socket.clone(), store.clone());
+        let task = tokio::spawn(async move {
+            serve(st, &s, options, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        for _ in 0..200 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Running {
+            _dir: dir,
+            socket,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn raw(&self) -> DfdaemonDownloadClient<tonic::transport::Channel> {
+        DfdaemonDownloadClient::new(connect_channel(&self.socket))
+            .max_encoding_message_size(256 << 20)
+            .max_decoding_message_size(256 << 20)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    pub fn leftovers(&self) -> usize {
+        std::fs::read_dir(self._dir.path().join("store/tmp"))
+            .unwrap()
+            .count()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}

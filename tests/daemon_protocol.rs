@@ -1,0 +1,345 @@
+//! The embedded daemon at the wire level: malformed streams, range reads,
+//! clients written against dragonfly-api 2.1.12, concurrency and TTL. The
+//! daemon runs in-process on a real Unix socket.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::Code;
+
+use dfcache::grpc::client::{ImportOptions, NoProgress, ReadRange};
+use dfcache::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as ReadMsg;
+use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as WriteMsg;
+use dfcache::grpc::pb::dfdaemon::*;
+use dfcache::grpc::server::{Emulation, ServeOptions};
+
+mod common;
+
+use common::inproc::Running;
+
+const MIB: usize = 1 << 20;
+
+fn started(len: u64) -> WriteMsg {
+    WriteMsg::WritePersistentCacheTaskStartedRequest(WritePersistentCacheTaskStartedRequest {
+        content_length: len,
+        persistent_replica_count: 1,
+        tag: None,
+        application: None,
+        ttl: None,
+        piece_length: None,
+        content_for_calculating_task_id: None,
+    })
+}
+
+fn chunk(data: &[u8]) -> WriteMsg {
+    WriteMsg::WriteChunkRequest(WriteChunkRequest {
+        content: Bytes::copy_from_slice(data),
+    })
+}
+
+fn finished() -> WriteMsg {
+    WriteMsg::WritePersistentCacheTaskFinishedRequest(WritePersistentCacheTaskFinishedRequest {})
+}
+
+async fn write_raw(
+    d: &Running,
+    msgs: Vec<WriteMsg>,
+) -> Result<WritePersistentCacheTaskResponse, tonic::Status> {
+    let stream = tokio_stream::iter(
+        msgs.into_iter()
+            .map(|m| WritePersistentCacheTaskRequest { response: Some(m) }),
+    );
+    d.raw()
+        .write_persistent_cache_task(stream)
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+fn expected_id(data: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(data);
+    h.update(b"PERSISTENT_CACHE");
+    hex::encode(h.finalize())
+}
+
+#[tokio::test]
+async fn malformed_streams_are_invalid_argument_and_store_nothing() {
+    let d = Running::start(ServeOptions::default()).await;
+    let cases: Vec<(&str, Vec<WriteMsg>)> = vec![
+        ("chunk before started", vec![chunk(b"abc"), finished()]),
+        ("finished before started", vec![finished()]),
+        ("empty stream", vec![]),
+        (
+            "two started",
+            vec![started(0), chunk(b"abc"), started(0), finished()],
+        ),
+        ("no finished", vec![started(0), chunk(b"abc")]),
+        (
+            "longer than announced",
+            vec![started(2), chunk(b"abc"), finished()],
+        ),
+        (
+            "shorter than announced",
+            vec![started(4), chunk(b"abc"), finished()],
+        ),
+        (
+            "oversize chunk",
+            vec![started(0), chunk(&vec![1u8; 17 * MIB]), finished()],
+        ),
+        (
+            "oversize message",
+            vec![started(0), chunk(&vec![1u8; 70 * MIB]), finished()],
+        ),
+    ];
+    for (what, msgs) in cases {
+        let err = write_raw(&d, msgs).await.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        // A message with no arm at all.
+    }
+    let stream = tokio_stream::iter(vec![WritePersistentCacheTaskRequest { response: None }]);
+    let err = d
+        .raw()
+        .write_persistent_cache_task(stream)
+        .await
+        .expect_err("no arm");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(d.store.list().is_empty());
+    for _ in 0..100 {
+        if d.leftovers() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(d.leftovers(), 0, "temporary files left");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_2_1_12_style_client_works_unchanged() {
+    // Such a client sets only the 2.1.12 fields, announces the length, and
+    // reads without a range: it must get the whole task, and unknown oneof
+    // arms (our started message) are skipped by its decoder.
+    let d = Running::start(ServeOptions::default()).await;
+    let data = content(9 * MIB + 5, 1);
+    let resp = write_raw(
+        &d,
+        vec![
+            started(data.len() as u64),
+            chunk(&data[..MIB]),
+            chunk(&data[MIB..]),
+            finished(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.task_id, expected_id(&data));
+    assert_eq!(resp.content_length, data.len() as u64);
+    assert_eq!(resp.piece_length, 4 * MIB as u64);
+    assert_eq!(resp.piece_count, 3);
+
+    let req = ReadPersistentCacheTaskRequest {
+        task_id: resp.task_id.clone(),
+        offset: None,
+        length: None,
+    };
+    let mut stream = d
+        .raw()
+        .read_persistent_cache_task(req)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    let mut finished_seen = false;
+    while let Some(msg) = stream.message().await.unwrap() {
+        match msg.response {
+            Some(ReadMsg::ReadChunkResponse(c)) => got.extend_from_slice(&c.content),
+            Some(ReadMsg::ReadPersistentCacheTaskFinishedResponse(_)) => finished_seen = true,
+            Some(ReadMsg::ReadPersistentCacheTaskStartedResponse(s)) => {
+                assert_eq!(s.content_length, data.len() as u64)
+            }
+            None => panic!("empty message"),
+        }
+    }
+    assert!(finished_seen);
+    assert!(got == data, "whole-task read differs");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn range_reads_are_exact_across_piece_boundaries() {
+    range_reads(Emulation::Current).await;
+}
+
+#[tokio::test]
+async fn range_reads_are_exact_against_a_server_that_ignores_ranges() {
+    // A 2.1.12 daemon sends the whole task without offsets: the client
+    // must trim it to the range itself.
+    range_reads(Emulation::Api2_1_12).await;
+}
+
+async fn range_reads(emulate: Emulation) {
+    let d = Running::start(ServeOptions {
+        emulate,
+        ..Default::default()
+    })
+    .await;
+    let data = content(10 * MIB + 3, 2);
+    let client = d.client();
+    let opts = ImportOptions {
+        piece_length: Some(4 * MIB as u64),
+        ..Default::default()
+    };
+    let summary = client
+        .write_task(
+            std::io::Cursor::new(data.clone()),
+            Some(data.len() as u64),
+            &opts,
+            std::sync::Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    let id = summary.task_id;
+    let len = data.len() as u64;
+    let p = 4 * MIB as u64;
+    for (offset, length) in [
+        (0, None),
+        (p - 1, Some(2)),
+        (p - 1, Some(p + 2)),
+        (2 * p - 5, Some(10)),
+        (0, Some(1)),
+        (len - 1, Some(1)),
+        (len - 1, Some(100)),
+        (len, Some(0)),
+        (len, None),
+        (3, Some(2 * p)),
+    ] {
+        let mut reader = client
+            .read_task(&id, ReadRange { offset, length })
+            .await
+            .unwrap();
+        if emulate == Emulation::Current {
+            assert_eq!(reader.content_length(), Some(len));
+        }
+        let mut got = Vec::new();
+        let mut next = offset;
+        while let Some((at, bytes)) = reader.next_chunk().await.unwrap() {
+            assert_eq!(at, next, "chunk offsets are contiguous");
+            next += bytes.len() as u64;
+            got.extend_from_slice(&bytes);
+        }
+        let end = length.map_or(len, |l| (offset + l).min(len));
+        assert!(
+            got == data[offset as usize..end as usize],
+            "range {offset}+{length:?}"
+        );
+    }
+    if emulate == Emulation::Current {
+        let range = ReadRange {
+            offset: len + 1,
+            length: None,
+        };
+        let err = client.read_task(&id, range).await.err().unwrap();
+        assert!(err.to_string().contains("past the end"), "{err}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn many_concurrent_writers_and_readers() {
+    let d = Running::start(ServeOptions::default()).await;
+    let client = d.client();
+    let mut writers = Vec::new();
+    for i in 0..16u8 {
+        let client = client.clone();
+        // Pairs of writers send the same content at the same time.
+        let data = content(3 * MIB + i as usize / 2, i / 2);
+        writers.push(tokio::spawn(async move {
+            let summary = client
+                .write_task(
+                    std::io::Cursor::new(data.clone()),
+                    None,
+                    &ImportOptions::default(),
+                    std::sync::Arc::new(NoProgress),
+                )
+                .await
+                .unwrap();
+            assert_eq!(summary.task_id, expected_id(&data));
+            (summary.task_id, data)
+        }));
+    }
+    let mut written = Vec::new();
+    for w in writers {
+        written.push(w.await.unwrap());
+    }
+    assert_eq!(d.store.list().len(), 8);
+    let mut readers = Vec::new();
+    for (id, data) in written.into_iter().chain(std::iter::empty()) {
+        for _ in 0..2 {
+            let client = client.clone();
+            let (id, data) = (id.clone(), data.clone());
+            readers.push(tokio::spawn(async move {
+                let mut reader = client.read_task(&id, ReadRange::default()).await.unwrap();
+                let mut got = Vec::new();
+                while let Some((_, bytes)) = reader.next_chunk().await.unwrap() {
+                    got.extend_from_slice(&bytes);
+                }
+                assert!(got == data);
+            }));
+        }
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn expired_tasks_are_collected() {
+    let d = Running::start(ServeOptions {
+        gc_interval: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let short =
+        WriteMsg::WritePersistentCacheTaskStartedRequest(WritePersistentCacheTaskStartedRequest {
+            content_length: 0,
+            persistent_replica_count: 1,
+            tag: None,
+            application: None,
+            ttl: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            piece_length: None,
+            content_for_calculating_task_id: None,
+        });
+    let gone = write_raw(&d, vec![short, chunk(b"short-lived"), finished()])
+        .await
+        .unwrap()
+        .task_id;
+    let kept = write_raw(&d, vec![started(0), chunk(b"kept"), finished()])
+        .await
+        .unwrap()
+        .task_id;
+    let client = d.client();
+    assert!(client.stat(&gone).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = client.stat(&gone).await.err().unwrap();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let ids: Vec<String> = client
+        .list_local()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert_eq!(ids, vec![kept]);
+    d.stop().await;
+}
