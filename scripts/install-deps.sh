@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build and test dfcache: FUSE 3
+# (fusermount3 and /dev/fuse access), getfattr, and the programs the tests
+# and benchmarks drive. Needs root (or sudo) for apt-get; a no-op when
+# everything is present.
+set -euo pipefail
+
+need=()
+command -v fusermount3 > /dev/null || need+=(fuse3)
+command -v getfattr > /dev/null || need+=(attr)
+command -v mountpoint > /dev/null || need+=(util-linux)
+[ -x /usr/bin/time ] || need+=(time)
+command -v python3 > /dev/null || need+=(python3)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
+fi
+
+command -v cargo > /dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
