@@ -6,6 +6,7 @@
 //! - [`digest`]: export digests.
 
 pub mod digest;
+pub mod fs;
 pub mod grpc;
 pub mod mapping;
 pub mod store;

@@ -11,7 +11,7 @@ use cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Mount(_) => "info",
         _ => "warn",
     };
     let level = cli
@@ -49,6 +49,7 @@ fn main() -> std::process::ExitCode {
             Command::Ls(args) => cli::ls::run(global, args).await,
             Command::Rm(args) => cli::rm::run(global, args).await,
             Command::Serve(args) => cli::serve::run(args).await,
+            Command::Mount(args) => cli::mount::run(global, args).await,
         }
     });
     match result {

@@ -20,6 +20,9 @@ pub struct ImportArgs {
     pub path: PathBuf,
     #[command(flatten)]
     pub task: TaskArgs,
+    /// Compute the task id from this string instead of the content.
+    #[arg(long)]
+    pub content_for_calculating_task_id: Option<String>,
     #[command(flatten)]
     pub transfer: TransferArgs,
     /// Give up after this long.
@@ -44,7 +47,8 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
         }
     }
     let client = global.client();
-    let options = args.task.import_options(Some(args.timeout));
+    let mut options = args.task.import_options(Some(args.timeout));
+    options.content_for_calculating_task_id = args.content_for_calculating_task_id.clone();
     let bar = Arc::new(Bar::new(!global.no_progress, "Importing"));
     bar.set_total(meta.len());
     let span = info_span!("import", path = %local.display());

@@ -3,6 +3,7 @@
 pub mod export;
 pub mod import;
 pub mod ls;
+pub mod mount;
 pub mod progress;
 pub mod rm;
 pub mod serve;
@@ -68,6 +69,8 @@ pub enum Command {
     Rm(rm::RmArgs),
     /// Run the embedded single-node daemon.
     Serve(serve::ServeArgs),
+    /// Mount tasks/ and import/ at a directory (stays in the foreground).
+    Mount(mount::MountArgs),
 }
 
 /// How a transfer reaches the daemon; shared by import and export.
@@ -80,11 +83,11 @@ pub struct TransferArgs {
     pub stream_mode: bool,
     /// Where paths handed to the daemon live on its side:
     /// "container:host[,container:host...]".
-    #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = parse_mapping, default_value = "")]
+    #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = parse_mapping_arg, default_value = "")]
     pub path_mapping: PathMapper,
 }
 
-fn parse_mapping(s: &str) -> Result<PathMapper, String> {
+pub fn parse_mapping_arg(s: &str) -> Result<PathMapper, String> {
     s.parse()
         .map_err(|e: dfcache::mapping::MappingError| e.to_string())
 }
@@ -92,9 +95,6 @@ fn parse_mapping(s: &str) -> Result<PathMapper, String> {
 /// What a new task is created with; shared by import and the mount.
 #[derive(Debug, Clone, Args)]
 pub struct TaskArgs {
-    /// Compute the task id from this string instead of the content.
-    #[arg(long)]
-    pub content_for_calculating_task_id: Option<String>,
     /// Replica count of the persistent cache task.
     #[arg(long, default_value_t = 2, env = "DFCACHE_PERSISTENT_REPLICA_COUNT")]
     pub persistent_replica_count: u64,
@@ -120,7 +120,7 @@ impl TaskArgs {
             application: self.application.clone(),
             ttl: Some(self.ttl),
             piece_length: self.piece_length,
-            content_for_calculating_task_id: self.content_for_calculating_task_id.clone(),
+            content_for_calculating_task_id: None,
             timeout,
         }
     }

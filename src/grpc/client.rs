@@ -24,7 +24,7 @@ use crate::grpc::socket::{connect_channel, GRPC_MAX_MESSAGE};
 pub use error::{ClientError, ClientResult};
 pub use legacy::{DownloadedPiece, PieceStream};
 pub use read::{ReadRange, TaskReader};
-pub use write::WriteSummary;
+pub use write::{ChunkReceiver, WriteSummary};
 
 /// Receives transfer progress; the CLI draws bars with it, the mount ignores it.
 pub trait Progress: Send + Sync {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +31,11 @@ pub struct WriteSummary {
     pub piece_count: u32,
 }
 
+/// Chunks of a task's content for [`Client::write_chunks`]. The sender
+/// closing the channel ends the content; an `Err` item aborts the write
+/// (the daemon stores nothing) and is what the write returns.
+pub type ChunkReceiver = mpsc::Receiver<std::io::Result<Bytes>>;
+
 impl Client {
     /// Streams everything `reader` yields into a new task. `content_length`
     /// is announced when known (the daemon then checks it). Memory is a few
@@ -46,6 +51,20 @@ impl Client {
         R: AsyncRead + Unpin + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(read_chunks(reader, tx));
+        self.write_chunks(rx, content_length, options, progress)
+            .await
+    }
+
+    /// Streams the chunks received on `chunks` into a new task.
+    pub async fn write_chunks(
+        &self,
+        chunks: ChunkReceiver,
+        content_length: Option<u64>,
+        options: &ImportOptions,
+        progress: Arc<dyn Progress>,
+    ) -> ClientResult<WriteSummary> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let started = WritePersistentCacheTaskStartedRequest {
             content_length: content_length.unwrap_or(0),
             persistent_replica_count: options.persistent_replica_count,
@@ -55,21 +74,21 @@ impl Client {
             piece_length: options.piece_length,
             content_for_calculating_task_id: options.content_for_calculating_task_id.clone(),
         };
-        let (read_result_tx, read_result_rx) = oneshot::channel();
+        let (source_result_tx, source_result_rx) = oneshot::channel();
         tokio::spawn(async move {
-            let result = pump(reader, started, &tx, progress).await;
+            let result = pump(chunks, started, &tx, progress).await;
             // Dropping tx without the finished message tells the daemon the
             // stream is broken, so it stores nothing.
-            let _ = read_result_tx.send(result);
+            let _ = source_result_tx.send(result);
         });
         let response = self
             .rpc
             .clone()
             .write_persistent_cache_task(ReceiverStream::new(rx))
             .await;
-        // A local read error explains a refused stream better than the daemon can.
-        if let Ok(Err(read_error)) = read_result_rx.await {
-            return Err(read_error);
+        // A source error explains a refused stream better than the daemon can.
+        if let Ok(Err(source_error)) = source_result_rx.await {
+            return Err(source_error);
         }
         let resp = response.map_err(|s| self.error(s, None))?.into_inner();
         Ok(WriteSummary {
@@ -129,10 +148,34 @@ impl Client {
     }
 }
 
-/// Sends the started message, then the reader's content in chunks, then
-/// the finished message. Returns early (without finished) on a read error.
-async fn pump<R: AsyncRead + Unpin>(
+/// Reads `reader` into whole chunks (fewer, larger messages are faster)
+/// and sends them; a read error is sent as the last item.
+async fn read_chunks<R: AsyncRead + Unpin>(
     mut reader: R,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    loop {
+        let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
+        while buf.len() < CHUNK_SIZE {
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        if buf.is_empty() || tx.send(Ok(buf.freeze())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the started message, the chunks, then the finished message.
+/// Returns early (without finished) when the source fails.
+async fn pump(
+    mut chunks: ChunkReceiver,
     started: WritePersistentCacheTaskStartedRequest,
     tx: &mpsc::Sender<WritePersistentCacheTaskRequest>,
     progress: Arc<dyn Progress>,
@@ -145,25 +188,10 @@ async fn pump<R: AsyncRead + Unpin>(
     {
         return Ok(());
     }
-    loop {
-        let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
-        // Fill whole chunks: fewer, larger messages are faster.
-        while buf.len() < CHUNK_SIZE {
-            let n = reader
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| ClientError::io("read import source", e))?;
-            if n == 0 {
-                break;
-            }
-        }
-        if buf.is_empty() {
-            break;
-        }
-        let len = buf.len() as u64;
-        let chunk = WriteChunkRequest {
-            content: buf.freeze(),
-        };
+    while let Some(chunk) = chunks.recv().await {
+        let content = chunk.map_err(|e| ClientError::io("read import source", e))?;
+        let len = content.len() as u64;
+        let chunk = WriteChunkRequest { content };
         if tx.send(msg(Msg::WriteChunkRequest(chunk))).await.is_err() {
             // The call ended (the daemon refused); its status says why.
             return Ok(());

@@ -1,0 +1,195 @@
+//! `dfcache mount MOUNTPOINT`: the FUSE mount, in the foreground until
+//! SIGINT/SIGTERM (or an external umount), on a dfdaemon's socket or on an
+//! embedded daemon (`--embedded DIR`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use dfcache::fs::attr::Owner;
+use dfcache::fs::{DfcacheFs, FsConfig, MountSettings};
+use dfcache::grpc::client::Client;
+use dfcache::grpc::server::{serve, ServeOptions};
+use dfcache::mapping::PathMapper;
+use dfcache::store::Store;
+
+use super::serve::shutdown_signal;
+use super::units::parse_size;
+use super::{parse_timeout, GlobalArgs, TaskArgs};
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Directory to mount at (created if missing).
+    pub mountpoint: PathBuf,
+    /// Run an embedded daemon with its store in DIR instead of using --endpoint.
+    #[arg(long, value_name = "DIR", env = "DFCACHE_EMBEDDED")]
+    pub embedded: Option<PathBuf>,
+    /// Bytes of task pieces kept in memory.
+    #[arg(long, value_parser = parse_size, default_value = "256mib", env = "DFCACHE_CACHE_SIZE")]
+    pub cache_size: u64,
+    /// Most bytes fetched ahead of a sequential reader (0 disables).
+    #[arg(long, value_parser = parse_size, default_value = "64mib")]
+    pub read_ahead: u64,
+    /// Kernel read-ahead of the mount, set through sysfs (0 keeps the kernel's).
+    #[arg(long, value_parser = parse_size, default_value = "1mib")]
+    pub kernel_read_ahead: u64,
+    /// Spool imports here and upload them on close: allows writes at any offset.
+    #[arg(long, value_name = "DIR", env = "DFCACHE_SPOOL")]
+    pub spool: Option<PathBuf>,
+    /// Container-to-host prefixes for paths handed to the daemon (the spool).
+    #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = super::parse_mapping_arg, default_value = "")]
+    pub path_mapping: PathMapper,
+    /// Let other users use the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// A piece fetch that takes longer fails the read with EIO.
+    #[arg(long, value_parser = parse_timeout, default_value = "30s")]
+    pub fetch_timeout: Duration,
+    /// Threads reading kernel requests.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub task: TaskArgs,
+}
+
+pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.mountpoint)
+        .or_else(|e| {
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .with_context(|| {
+            format!(
+                "cannot create the mount point {}",
+                args.mountpoint.display()
+            )
+        })?;
+    if let Some(spool) = &args.spool {
+        std::fs::create_dir_all(spool)
+            .with_context(|| format!("cannot create the spool {}", spool.display()))?;
+        dfcache::fs::write::spool_dir_ok(spool)
+            .with_context(|| format!("cannot write in the spool {}", spool.display()))?;
+    }
+    if args.cache_size < 2 * dfcache::store::piece::MAX_PIECE_LENGTH {
+        warn!(cache_size = args.cache_size, "the piece cache holds fewer than two of the largest pieces: tasks with 64 MiB pieces will refetch");
+    }
+
+    let (daemon, socket) = match &args.embedded {
+        Some(dir) => {
+            let (daemon, socket) = start_embedded(dir).await?;
+            (Some(daemon), socket)
+        }
+        None => (None, global.endpoint.clone()),
+    };
+    let client = Client::new(&socket);
+    // Owner of the fixed entries: the user running the mount.
+    // SAFETY: getuid/getgid cannot fail.
+    let owner = unsafe {
+        Owner {
+            uid: libc::getuid(),
+            gid: libc::getgid(),
+        }
+    };
+    let config = FsConfig {
+        cache_size: args.cache_size,
+        read_ahead: args.read_ahead,
+        spool: args.spool.clone(),
+        path_mapping: args.path_mapping.clone(),
+        import: args.task.import_options(None),
+        fetch_timeout: args.fetch_timeout,
+        negative_ttl: Duration::from_secs(5),
+        owner,
+    };
+    let fs = Arc::new(DfcacheFs::new(client, config));
+    let settings = MountSettings {
+        allow_other: args.allow_other,
+        kernel_read_ahead_kb: u32::try_from(args.kernel_read_ahead / 1024).unwrap_or(u32::MAX),
+        threads: args.threads,
+    };
+    let session = dfcache::fs::mount(
+        fs,
+        &args.mountpoint,
+        &settings,
+        tokio::runtime::Handle::current(),
+    )
+    .context("cannot mount")?;
+    info!(mountpoint = %args.mountpoint.display(), socket = %socket.display(), "dfcache mounted; Ctrl-C to unmount");
+
+    // Until a signal, or until someone unmounts us from outside.
+    let ended_outside = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = wait_session_end(&session) => true,
+    };
+    let unmounted = tokio::task::spawn_blocking(move || {
+        if ended_outside {
+            session.join()
+        } else {
+            session.umount_and_join()
+        }
+    })
+    .await
+    .context("unmount task failed")?;
+    if let Some(daemon) = daemon {
+        daemon.stop().await;
+    }
+    match unmounted {
+        Ok(()) => {
+            info!("unmounted");
+            Ok(())
+        }
+        Err(e) => bail!("unmount of {} failed: {e}", args.mountpoint.display()),
+    }
+}
+
+async fn wait_session_end(session: &fuser::BackgroundSession) {
+    while !session.guard.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An embedded daemon on a private socket inside its store directory.
+struct Embedded {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Embedded {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn start_embedded(dir: &std::path::Path) -> anyhow::Result<(Embedded, PathBuf)> {
+    let store =
+        Store::open(dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
+    let socket = dir.join("dfdaemon.sock");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let listen_socket = socket.clone();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = serve(store, &listen_socket, ServeOptions::default(), shutdown).await {
+            warn!(error = %e, "embedded daemon stopped");
+        }
+    });
+    for _ in 0..200 {
+        if socket.exists() {
+            return Ok((Embedded { stop, task }, socket));
+        }
+        if task.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("the embedded daemon did not start on {}", socket.display())
+}

@@ -1,0 +1,71 @@
+//! File attributes in the file system's own terms; the fuser adapter turns
+//! them into `fuser::FileAttr`.
+
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    File,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+impl Attr {
+    pub fn directory(ino: u64, perm: u16, owner: Owner, time: SystemTime) -> Self {
+        Self {
+            ino,
+            kind: Kind::Directory,
+            size: 0,
+            perm,
+            uid: owner.uid,
+            gid: owner.gid,
+            atime: time,
+            mtime: time,
+            ctime: time,
+        }
+    }
+
+    pub fn file(ino: u64, size: u64, perm: u16, owner: Owner, time: SystemTime) -> Self {
+        Self {
+            ino,
+            kind: Kind::File,
+            size,
+            perm,
+            uid: owner.uid,
+            gid: owner.gid,
+            atime: time,
+            mtime: time,
+            ctime: time,
+        }
+    }
+}
+
+/// Who owns the mount's fixed entries: the user who mounted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A change requested by setattr (chmod, chown, utimes, truncate).
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}

@@ -1,0 +1,486 @@
+//! The file system's semantics, free of fuser: every operation takes plain
+//! values and returns a value or an errno, so most of it is testable
+//! without a kernel (the fuser adapter in `fuse.rs` only translates).
+//!
+//! ```text
+//! /            tasks/  import/
+//! tasks/<id>   read-only task files (looked up by asking the daemon)
+//! import/<n>   written to create tasks (see import.rs)
+//! ```
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::debug;
+
+use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
+use crate::fs::error::{Errno, FsResult};
+use crate::fs::import::ImportState;
+use crate::fs::inodes::*;
+use crate::fs::piece_cache::{PieceCache, TaskGeometry};
+use crate::fs::readahead::Readahead;
+use crate::grpc::client::{Client, ImportOptions};
+use crate::mapping::PathMapper;
+use crate::store::piece::default_piece_length;
+use crate::store::task_id::is_task_id;
+
+/// The xattr that holds a file's task id.
+pub const TASK_ID_XATTR: &str = "user.dfcache.task_id";
+
+/// Everything the mount is configured with.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Bytes of pieces kept in memory.
+    pub cache_size: u64,
+    /// Most bytes fetched ahead of a sequential reader.
+    pub read_ahead: u64,
+    /// Spool directory: imports are written there and uploaded on close.
+    pub spool: Option<PathBuf>,
+    /// Mapping for paths handed to the daemon (the spool files).
+    pub path_mapping: PathMapper,
+    /// What new tasks are created with.
+    pub import: ImportOptions,
+    /// A piece fetch that takes longer fails with EIO.
+    pub fetch_timeout: Duration,
+    /// How long an unknown task id is remembered as unknown.
+    pub negative_ttl: Duration,
+    pub owner: Owner,
+}
+
+/// One open file.
+pub struct OpenFile {
+    pub node: Node,
+    pub writable: bool,
+    pub readahead: Mutex<Readahead>,
+}
+
+/// A directory listing entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: OsString,
+}
+
+/// What statfs reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub files: u64,
+    pub block_size: u32,
+}
+
+pub struct DfcacheFs {
+    pub(crate) client: Client,
+    pub(crate) config: FsConfig,
+    pub(crate) inodes: Mutex<Inodes>,
+    pub(crate) cache: Arc<PieceCache>,
+    pub(crate) handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_handle: AtomicU64,
+    /// Task ids recently found unknown, so repeated lookups of a wrong id
+    /// do not hammer the daemon.
+    negative: Mutex<HashMap<String, Instant>>,
+    mounted_at: SystemTime,
+}
+
+impl DfcacheFs {
+    pub fn new(client: Client, config: FsConfig) -> Self {
+        // Pieces in flight: the read-ahead window plus the piece being read.
+        let inflight = config.read_ahead.max(1) + crate::store::piece::MAX_PIECE_LENGTH;
+        let cache = Arc::new(PieceCache::new(
+            client.clone(),
+            config.cache_size,
+            inflight,
+            config.fetch_timeout,
+        ));
+        Self {
+            client,
+            config,
+            inodes: Mutex::new(Inodes::default()),
+            cache,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            negative: Mutex::new(HashMap::new()),
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn cache(&self) -> &PieceCache {
+        &self.cache
+    }
+
+    pub(crate) fn inodes(&self) -> std::sync::MutexGuard<'_, Inodes> {
+        self.inodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
+        self.inodes().get(ino).ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn add_handle(&self, file: OpenFile) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(file));
+        fh
+    }
+
+    pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    pub(crate) fn take_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+    }
+
+    fn dir_attr(&self, ino: u64, perm: u16) -> Attr {
+        Attr::directory(ino, perm, self.config.owner, self.mounted_at)
+    }
+
+    pub(crate) fn task_attr(&self, task: &TaskNode) -> Attr {
+        Attr::file(
+            task.ino,
+            task.geometry.content_length,
+            0o444,
+            self.config.owner,
+            task.created,
+        )
+    }
+
+    pub(crate) async fn import_attr(&self, node: &ImportNode) -> Attr {
+        // Waits while the import is being finished: the size and mode
+        // reported after close() are the final ones.
+        let state = node.state.lock().await;
+        let meta = node.meta().clone();
+        let finished = matches!(&*state, ImportState::Finished(_));
+        let perm = if finished {
+            meta.perm & 0o555
+        } else {
+            meta.perm
+        };
+        Attr {
+            ino: node.ino,
+            kind: Kind::File,
+            size: state.size(),
+            perm,
+            uid: meta.uid,
+            gid: meta.gid,
+            atime: meta.atime,
+            mtime: meta.mtime,
+            ctime: meta.ctime,
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        match ino {
+            ROOT_INO => Ok(self.dir_attr(ROOT_INO, 0o555)),
+            TASKS_INO => Ok(self.dir_attr(TASKS_INO, 0o555)),
+            IMPORT_INO => Ok(self.dir_attr(IMPORT_INO, 0o755)),
+            _ => match self.node(ino)? {
+                Node::Task(task) => Ok(self.task_attr(&task)),
+                Node::Import(node) => Ok(self.import_attr(&node).await),
+            },
+        }
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        match parent {
+            ROOT_INO if name == TASKS_DIR => self.getattr(TASKS_INO).await,
+            ROOT_INO if name == IMPORT_DIR => self.getattr(IMPORT_INO).await,
+            ROOT_INO => Err(Errno::ENOENT),
+            TASKS_INO => {
+                let task = self.lookup_task(name).await?;
+                Ok(self.task_attr(&task))
+            }
+            IMPORT_INO => {
+                let node = self.inodes().import(name).ok_or(Errno::ENOENT)?;
+                Ok(self.import_attr(&node).await)
+            }
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// A task by id: known, or asked of the daemon (so a task the P2P
+    /// network has opens even if it is not listed locally).
+    async fn lookup_task(&self, name: &OsStr) -> FsResult<Arc<TaskNode>> {
+        let id = name
+            .to_str()
+            .filter(|id| is_task_id(id))
+            .ok_or(Errno::ENOENT)?;
+        if let Some(task) = self.inodes().task(id) {
+            return Ok(task);
+        }
+        if self.recently_unknown(id) {
+            return Err(Errno::ENOENT);
+        }
+        match self.client.stat(id).await {
+            Ok(task) => {
+                let created = task
+                    .created_at
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .unwrap_or(self.mounted_at);
+                let piece_length = Some(task.piece_length)
+                    .filter(|&p| p > 0)
+                    .unwrap_or_else(|| default_piece_length(task.content_length));
+                let geometry = TaskGeometry {
+                    id: id.into(),
+                    content_length: task.content_length,
+                    piece_length,
+                };
+                Ok(self.inodes().add_task(geometry, created))
+            }
+            Err(e) => {
+                let errno = Errno::from(&e);
+                if errno == Errno::ENOENT {
+                    self.remember_unknown(id);
+                }
+                Err(errno)
+            }
+        }
+    }
+
+    fn recently_unknown(&self, id: &str) -> bool {
+        let mut negative = self.negative.lock().unwrap_or_else(|p| p.into_inner());
+        match negative.get(id) {
+            Some(at) if at.elapsed() < self.config.negative_ttl => true,
+            Some(_) => {
+                negative.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_unknown(&self, id: &str) {
+        let mut negative = self.negative.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: stale entries go when the map grows.
+        if negative.len() > 4096 {
+            let ttl = self.config.negative_ttl;
+            negative.retain(|_, at| at.elapsed() < ttl);
+        }
+        negative.insert(id.to_string(), Instant::now());
+    }
+
+    /// A task that just appeared (an import finished) is no longer unknown.
+    pub(crate) fn forget_unknown(&self, id: &str) {
+        self.negative
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    pub async fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let dir = |ino, name: &str| DirEntry {
+            ino,
+            kind: Kind::Directory,
+            name: name.into(),
+        };
+        let mut entries = match ino {
+            ROOT_INO => vec![
+                dir(ROOT_INO, "."),
+                dir(ROOT_INO, ".."),
+                dir(TASKS_INO, TASKS_DIR),
+                dir(IMPORT_INO, IMPORT_DIR),
+            ],
+            TASKS_INO => vec![dir(TASKS_INO, "."), dir(ROOT_INO, "..")],
+            IMPORT_INO => vec![dir(IMPORT_INO, "."), dir(ROOT_INO, "..")],
+            _ => return Err(Errno::ENOTDIR),
+        };
+        match ino {
+            TASKS_INO => {
+                let tasks = self.client.list_local().await.map_err(Errno::from)?;
+                let mut inodes = self.inodes();
+                for t in tasks {
+                    let content_length = t.content_length.unwrap_or(0);
+                    let piece_length = t
+                        .piece_length
+                        .filter(|&p| p > 0)
+                        .unwrap_or_else(|| default_piece_length(content_length));
+                    let created = t
+                        .created_at
+                        .and_then(|c| SystemTime::try_from(c).ok())
+                        .unwrap_or(self.mounted_at);
+                    let geometry = TaskGeometry {
+                        id: t.task_id.as_str().into(),
+                        content_length,
+                        piece_length,
+                    };
+                    let node = inodes.add_task(geometry, created);
+                    entries.push(DirEntry {
+                        ino: node.ino,
+                        kind: Kind::File,
+                        name: t.task_id.into(),
+                    });
+                }
+            }
+            IMPORT_INO => {
+                for (name, ino) in self.inodes().imports() {
+                    entries.push(DirEntry {
+                        ino,
+                        kind: Kind::File,
+                        name,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(entries)
+    }
+
+    pub fn statfs(&self) -> FsStats {
+        let (files, bytes) = self.inodes().task_count_and_bytes();
+        FsStats {
+            blocks: bytes.div_ceil(4096),
+            files,
+            block_size: 4096,
+        }
+    }
+
+    /// The task id behind a file: its task, or a finished import's.
+    pub async fn task_id_of(&self, ino: u64) -> FsResult<Option<String>> {
+        match self.node(ino)? {
+            Node::Task(task) => Ok(Some(task.geometry.id.to_string())),
+            Node::Import(node) => match &*node.state.lock().await {
+                ImportState::Finished(f) => Ok(Some(f.task_id.clone())),
+                _ => Ok(None),
+            },
+        }
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        if name != TASK_ID_XATTR || ino <= IMPORT_INO {
+            return Err(Errno::ENODATA);
+        }
+        self.task_id_of(ino)
+            .await?
+            .map(String::into_bytes)
+            .ok_or(Errno::ENODATA)
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if ino <= IMPORT_INO || self.task_id_of(ino).await?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut names = TASK_ID_XATTR.as_bytes().to_vec();
+        names.push(0);
+        Ok(names)
+    }
+
+    /// chmod, chown, utimes and truncate. Task files are read-only; finished
+    /// imports accept mode, owner and times (so `cp -p`, `install` and
+    /// `rsync` work) but not a size change.
+    pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Attr> {
+        if ino <= IMPORT_INO {
+            return Err(Errno::EPERM);
+        }
+        let node = match self.node(ino)? {
+            Node::Task(_) => return Err(Errno::EACCES),
+            Node::Import(node) => node,
+        };
+        if let Some(size) = change.size {
+            let mut state = node.state.lock().await;
+            match &mut *state {
+                ImportState::Spooling(spool) => spool.truncate(size)?,
+                other if other.size() == size => {}
+                _ => {
+                    debug!(
+                        size,
+                        "truncate of an import to another size than it has is refused"
+                    );
+                    return Err(Errno::EINVAL);
+                }
+            }
+        }
+        {
+            let mut meta = node.meta();
+            if let Some(mode) = change.mode {
+                meta.perm = (mode & 0o7777) as u16;
+            }
+            if let Some(uid) = change.uid {
+                meta.uid = uid;
+            }
+            if let Some(gid) = change.gid {
+                meta.gid = gid;
+            }
+            if let Some(atime) = change.atime {
+                meta.atime = atime;
+            }
+            if let Some(mtime) = change.mtime {
+                meta.mtime = mtime;
+            }
+            meta.ctime = SystemTime::now();
+        }
+        Ok(self.import_attr(&node).await)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        if parent != IMPORT_INO {
+            return Err(if parent == TASKS_INO {
+                Errno::EACCES
+            } else {
+                Errno::EPERM
+            });
+        }
+        let node = self.inodes().unlink_import(name).ok_or(Errno::ENOENT)?;
+        self.cancel_if_unfinished(&node).await;
+        self.drop_if_unused(&node);
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        if parent != IMPORT_INO || new_parent != IMPORT_INO {
+            return Err(if parent == IMPORT_INO || new_parent == IMPORT_INO {
+                Errno::EXDEV
+            } else {
+                Errno::EACCES
+            });
+        }
+        let replaced = {
+            let mut inodes = self.inodes();
+            if inodes.import(name).is_none() {
+                return Err(Errno::ENOENT);
+            }
+            if no_replace && inodes.import(new_name).is_some() {
+                return Err(Errno::EEXIST);
+            }
+            if name == new_name {
+                return Ok(());
+            }
+            inodes.rename_import(name, new_name)
+        };
+        if let Some(old) = replaced {
+            self.cancel_if_unfinished(&old).await;
+            self.drop_if_unused(&old);
+        }
+        Ok(())
+    }
+
+    /// Unlinked and closed: the inode can go.
+    pub(crate) fn drop_if_unused(&self, node: &ImportNode) {
+        let meta = node.meta();
+        if !meta.linked && meta.writers == 0 {
+            drop(meta);
+            self.inodes().release_import(node.ino);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The FUSE file system: `tasks/<id>` read lazily through a piece LRU,
+//! `import/` streamed to the daemon on close.
+//!
+//! - `fuse.rs`: the thin fuser adapter (kernel requests in, replies out);
+//! - `filesystem.rs`, `read.rs`, `write.rs`: the semantics, as plain
+//!   async methods returning values or errnos;
+//! - `inodes.rs`, `import.rs`: the inode table and the import state machine;
+//! - `piece_cache.rs`, `readahead.rs`: the piece LRU and read-ahead policy;
+//! - `mount.rs`: mounting, stale mounts, the sysfs read-ahead lever.
+
+pub mod attr;
+pub mod error;
+pub mod filesystem;
+pub mod fuse;
+pub mod import;
+pub mod inodes;
+pub mod mount;
+pub mod piece_cache;
+pub mod read;
+pub mod readahead;
+pub mod write;
+
+pub use error::{Errno, FsResult};
+pub use filesystem::{DfcacheFs, FsConfig, TASK_ID_XATTR};
+pub use mount::{mount, MountSettings};

@@ -1,0 +1,132 @@
+//! Opening files and reading task content through the piece cache.
+//!
+//! A read is split on piece boundaries; each piece comes from the LRU or
+//! one daemon request. A sequential reader also gets the next pieces
+//! fetched ahead, in a window that grows while the run lasts.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::fs::error::{Errno, FsResult};
+use crate::fs::filesystem::{DfcacheFs, OpenFile};
+use crate::fs::import::ImportState;
+use crate::fs::inodes::Node;
+use crate::fs::piece_cache::TaskGeometry;
+use crate::fs::readahead::Readahead;
+
+/// How a file was opened, for the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Keep the kernel's page cache across opens (immutable content).
+    pub keep_cache: bool,
+}
+
+impl DfcacheFs {
+    /// Opens a file. Task files are read-only; an import may be reopened
+    /// for writing only with O_TRUNC (which starts a new import).
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<Opened> {
+        let node = self.node(ino)?;
+        match &node {
+            Node::Task(_) if write => return Err(Errno::EACCES),
+            Node::Task(_) => {}
+            Node::Import(import) if write => self.reopen_for_write(import, truncate).await?,
+            Node::Import(_) => {}
+        }
+        let keep_cache = matches!(node, Node::Task(_));
+        let fh = self.add_handle(OpenFile {
+            node,
+            writable: write,
+            readahead: Default::default(),
+        });
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// Up to `size` bytes at `offset`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let file = self.handle(fh)?;
+        let geometry = match &file.node {
+            Node::Task(task) => task.geometry.clone(),
+            Node::Import(node) => {
+                match &*node.state.lock().await {
+                    ImportState::Finished(f) => TaskGeometry {
+                        id: f.task_id.as_str().into(),
+                        content_length: f.content_length,
+                        piece_length: f.piece_length,
+                    },
+                    _ => {
+                        tracing::warn!("read of an import that is not finished: its content is with the daemon");
+                        return Err(Errno::EINVAL);
+                    }
+                }
+            }
+        };
+        self.read_task(&geometry, &file.readahead, offset, size)
+            .await
+    }
+
+    async fn read_task(
+        &self,
+        task: &TaskGeometry,
+        readahead: &std::sync::Mutex<Readahead>,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
+        let end = offset
+            .saturating_add(u64::from(size))
+            .min(task.content_length);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let piece_length = task.piece_length;
+        let (first, last) = (offset / piece_length, (end - 1) / piece_length);
+        self.read_ahead(task, readahead, offset, end, last);
+
+        if first == last {
+            let piece = self.cache.get(task, first).await?;
+            let start = (offset - first * piece_length) as usize;
+            return Ok(piece.slice(start..start + (end - offset) as usize));
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for index in first..=last {
+            let piece = self.cache.get(task, index).await?;
+            let piece_start = index * piece_length;
+            let from = offset.max(piece_start) - piece_start;
+            let to = end.min(piece_start + piece.len() as u64) - piece_start;
+            out.extend_from_slice(&piece[from as usize..to as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Starts fetching the pieces after `last` for a sequential reader.
+    fn read_ahead(
+        &self,
+        task: &TaskGeometry,
+        readahead: &std::sync::Mutex<Readahead>,
+        offset: u64,
+        end: u64,
+        last: u64,
+    ) {
+        let max_pieces = self.config.read_ahead / task.piece_length.max(1);
+        let max_pieces = if self.config.read_ahead > 0 {
+            max_pieces.max(1)
+        } else {
+            0
+        };
+        let window = readahead.lock().unwrap_or_else(|p| p.into_inner()).on_read(
+            offset,
+            end - offset,
+            max_pieces,
+        );
+        for index in (last + 1..=last + window).take_while(|&i| i < task.piece_count()) {
+            if self.cache.is_present(task, index) {
+                continue;
+            }
+            let cache = self.cache.clone();
+            let task = task.clone();
+            tokio::spawn(async move {
+                // A failed read-ahead is retried by the read that needs it.
+                let _ = cache.get(&task, index).await;
+            });
+        }
+    }
+}

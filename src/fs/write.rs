@@ -1,0 +1,292 @@
+//! The import side: create, write, close. close() returns only when the
+//! daemon has acknowledged the task, and returns its error otherwise.
+//!
+//! close() and duplicated descriptors: the kernel sends FLUSH for every
+//! close() of any descriptor of the file, and RELEASE after the last one.
+//! The first close() *after data was written* commits the import and
+//! returns its result; a close() before any data (a shell's `> file`
+//! redirection closes its first descriptor after dup2) commits nothing.
+//! A file closed without any data is committed, as an empty task, on its
+//! last release. Writes through a duplicate after the commit fail with EIO.
+
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::fs::attr::Attr;
+use crate::fs::error::{Errno, FsResult};
+use crate::fs::filesystem::{DfcacheFs, OpenFile};
+use crate::fs::import::{Finished, ImportState, Spool, Stream};
+use crate::fs::inodes::{ImportMeta, ImportNode, Node, IMPORT_INO, ROOT_INO, TASKS_INO};
+use crate::fs::piece_cache::TaskGeometry;
+use crate::grpc::client::NoProgress;
+
+/// Chunks queued between the file system and the daemon call.
+const QUEUE_DEPTH: usize = 4;
+
+static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
+
+impl DfcacheFs {
+    /// Creates `import/<name>` and starts its import.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        exclusive: bool,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        match parent {
+            IMPORT_INO => {}
+            ROOT_INO | TASKS_INO => return Err(Errno::EACCES),
+            _ => return Err(Errno::ENOTDIR),
+        }
+        let existing = self.inodes().import(name);
+        if let Some(existing) = existing {
+            if exclusive {
+                return Err(Errno::EEXIST);
+            }
+            // Like open(O_TRUNC) of the existing file.
+            let opened = self.open(existing.ino, true, true).await?;
+            return Ok((self.import_attr(&existing).await, opened.fh));
+        }
+        let state = self.start_import()?;
+        let now = SystemTime::now();
+        let meta = ImportMeta {
+            name: name.to_os_string(),
+            perm: (mode & 0o7777) as u16,
+            uid,
+            gid,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            writers: 1,
+            linked: true,
+        };
+        let node = self.inodes().add_import(meta, state);
+        info!(name = %name.to_string_lossy(), "import started");
+        let fh = self.add_handle(OpenFile {
+            node: Node::Import(node.clone()),
+            writable: true,
+            readahead: Default::default(),
+        });
+        Ok((self.import_attr(&node).await, fh))
+    }
+
+    /// A new import's first state: a spool file, or a stream to the daemon.
+    fn start_import(&self) -> FsResult<ImportState> {
+        if let Some(dir) = &self.config.spool {
+            let n = NEXT_SPOOL.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("import-{}-{n}.spool", std::process::id()));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| {
+                    warn!(path = %path.display(), error = %e, "cannot create spool file");
+                    Errno(e.raw_os_error().unwrap_or(libc::EIO))
+                })?;
+            return Ok(ImportState::Spooling(Spool {
+                file: Arc::new(file),
+                path,
+                size: 0,
+            }));
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let client = self.client.clone();
+        let options = self.config.import.clone();
+        let call = tokio::spawn(async move {
+            client
+                .write_chunks(rx, None, &options, Arc::new(NoProgress))
+                .await
+        });
+        Ok(ImportState::Streaming(Stream::new(tx, call)))
+    }
+
+    /// open() for writing of an existing import: only with O_TRUNC on a
+    /// finished (or failed) one, which starts a new import under the name;
+    /// an import being written can be opened again (same stream).
+    pub(crate) async fn reopen_for_write(&self, node: &ImportNode, truncate: bool) -> FsResult<()> {
+        let mut state = node.state.lock().await;
+        if !state.is_open_for_data() {
+            if !truncate {
+                return Err(Errno::EACCES);
+            }
+            *state = self.start_import()?;
+            let mut meta = node.meta();
+            meta.mtime = SystemTime::now();
+            meta.perm |= 0o200;
+        }
+        node.meta().writers += 1;
+        Ok(())
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+        let file = self.handle(fh)?;
+        let Node::Import(node) = &file.node else {
+            return Err(Errno::EBADF);
+        };
+        if !file.writable {
+            return Err(Errno::EBADF);
+        }
+        let len = data.len() as u32;
+        let mut state = node.state.lock().await;
+        match &mut *state {
+            ImportState::Streaming(stream) => stream.write(offset, &data).await?,
+            ImportState::Spooling(spool) => {
+                let mut moved = Spool {
+                    file: spool.file.clone(),
+                    path: spool.path.clone(),
+                    size: spool.size,
+                };
+                let moved =
+                    tokio::task::spawn_blocking(move || moved.write(offset, &data).map(|()| moved))
+                        .await
+                        .map_err(|_| Errno::EIO)??;
+                spool.size = moved.size;
+            }
+            ImportState::Finished(_) => {
+                warn!("write after the import was committed (by a close of another descriptor)");
+                return Err(Errno::EIO);
+            }
+            ImportState::Failed(errno) => return Err(*errno),
+            ImportState::Cancelled => return Err(Errno::EIO),
+        }
+        node.meta().mtime = SystemTime::now();
+        Ok(len)
+    }
+
+    /// close() of a descriptor: commits an import that has data.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let file = self.handle(fh)?;
+        let Node::Import(node) = &file.node else {
+            return Ok(());
+        };
+        if !file.writable {
+            return Ok(());
+        }
+        let mut state = node.state.lock().await;
+        let has_data = match &*state {
+            ImportState::Streaming(s) => s.written() > 0,
+            ImportState::Spooling(s) => s.size > 0,
+            ImportState::Finished(_) | ImportState::Cancelled => return Ok(()),
+            ImportState::Failed(errno) => return Err(*errno),
+        };
+        if !has_data {
+            return Ok(());
+        }
+        self.finish(node, &mut state).await
+    }
+
+    /// The last close of a handle: commits what flush left uncommitted.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(file) = self.take_handle(fh) else {
+            return Ok(());
+        };
+        let Node::Import(node) = &file.node else {
+            return Ok(());
+        };
+        if !file.writable {
+            return Ok(());
+        }
+        let last_writer = {
+            let mut meta = node.meta();
+            meta.writers = meta.writers.saturating_sub(1);
+            meta.writers == 0
+        };
+        let mut result = Ok(());
+        if last_writer {
+            let mut state = node.state.lock().await;
+            if state.is_open_for_data() {
+                result = self.finish(node, &mut state).await;
+            }
+        }
+        self.drop_if_unused(node);
+        result
+    }
+
+    /// Ends an import's stream (or uploads its spool file) and records the
+    /// outcome in the state.
+    async fn finish(&self, node: &ImportNode, state: &mut ImportState) -> FsResult<()> {
+        let name = node.meta().name.to_string_lossy().into_owned();
+        let outcome = match std::mem::replace(state, ImportState::Failed(Errno::EIO)) {
+            ImportState::Streaming(stream) => stream.finish().await,
+            ImportState::Spooling(spool) => self.upload_spool(spool).await,
+            other => {
+                *state = other;
+                return Ok(());
+            }
+        };
+        match outcome {
+            Ok(finished) => {
+                ImportState::log_finished(&name, &finished);
+                self.register_task(&finished);
+                *state = ImportState::Finished(finished);
+                Ok(())
+            }
+            Err(errno) => {
+                warn!(name, errno = errno.0, "import failed");
+                *state = ImportState::Failed(errno);
+                Err(errno)
+            }
+        }
+    }
+
+    /// Streams a spool file to the daemon, then removes it. (A legacy
+    /// daemon gets it by path: see the legacy mode.)
+    async fn upload_spool(&self, spool: Spool) -> FsResult<Finished> {
+        let file = tokio::fs::File::open(&spool.path)
+            .await
+            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let result = self
+            .client
+            .write_task(
+                file,
+                Some(spool.size),
+                &self.config.import,
+                Arc::new(NoProgress),
+            )
+            .await
+            .map_err(Errno::from);
+        spool.discard();
+        Ok(Finished::from(result?))
+    }
+
+    /// A finished import's task opens under `tasks/` at once.
+    fn register_task(&self, finished: &Finished) {
+        self.forget_unknown(&finished.task_id);
+        let geometry = TaskGeometry {
+            id: finished.task_id.as_str().into(),
+            content_length: finished.content_length,
+            piece_length: finished.piece_length,
+        };
+        self.inodes().add_task(geometry, SystemTime::now());
+    }
+
+    /// unlink (or rename over) an import that is still being written
+    /// cancels it: the daemon stores nothing.
+    pub(crate) async fn cancel_if_unfinished(&self, node: &ImportNode) {
+        let mut state = node.state.lock().await;
+        match std::mem::replace(&mut *state, ImportState::Cancelled) {
+            ImportState::Streaming(stream) => {
+                info!(name = %node.meta().name.to_string_lossy(), "import cancelled");
+                stream.cancel();
+            }
+            ImportState::Spooling(spool) => spool.discard(),
+            other => *state = other,
+        }
+    }
+}
+
+/// Where spool files go; used by the mount's start-up checks.
+pub fn spool_dir_ok(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".dfcache-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
