@@ -59,12 +59,11 @@ pub struct MountArgs {
 
 pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.mountpoint)
-        .or_else(|e| {
-            if e.raw_os_error() == Some(libc::ENOTCONN) {
-                Ok(())
-            } else {
-                Err(e)
-            }
+        // A dead mount left by a crash answers ENOTCONN or EEXIST here;
+        // mounting replaces it.
+        .or_else(|e| match e.raw_os_error() {
+            Some(libc::ENOTCONN) | Some(libc::EEXIST) => Ok(()),
+            _ => Err(e),
         })
         .with_context(|| {
             format!(
@@ -182,8 +181,10 @@ async fn start_embedded(dir: &std::path::Path) -> anyhow::Result<(Embedded, Path
             warn!(error = %e, "embedded daemon stopped");
         }
     });
+    // A connection proves the new listener is up (a crashed run may have
+    // left a stale socket file at the same path).
     for _ in 0..200 {
-        if socket.exists() {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
             return Ok((Embedded { stop, task }, socket));
         }
         if task.is_finished() {

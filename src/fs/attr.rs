@@ -20,6 +20,9 @@ pub struct Attr {
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// Content and attributes never change (task files): the kernel may
+    /// cache them for long.
+    pub immutable: bool,
 }
 
 impl Attr {
@@ -34,20 +37,23 @@ impl Attr {
             atime: time,
             mtime: time,
             ctime: time,
+            immutable: false,
         }
     }
 
-    pub fn file(ino: u64, size: u64, perm: u16, owner: Owner, time: SystemTime) -> Self {
+    /// An immutable, read-only task file.
+    pub fn task(ino: u64, size: u64, owner: Owner, time: SystemTime) -> Self {
         Self {
             ino,
             kind: Kind::File,
             size,
-            perm,
+            perm: 0o444,
             uid: owner.uid,
             gid: owner.gid,
             atime: time,
             mtime: time,
             ctime: time,
+            immutable: true,
         }
     }
 }

@@ -151,10 +151,9 @@ impl DfcacheFs {
     }
 
     pub(crate) fn task_attr(&self, task: &TaskNode) -> Attr {
-        Attr::file(
+        Attr::task(
             task.ino,
             task.geometry.content_length,
-            0o444,
             self.config.owner,
             task.created,
         )
@@ -181,6 +180,7 @@ impl DfcacheFs {
             atime: meta.atime,
             mtime: meta.mtime,
             ctime: meta.ctime,
+            immutable: false,
         }
     }
 

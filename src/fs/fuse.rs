@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -53,10 +53,11 @@ fn errno(e: Errno) -> FuseErrno {
 }
 
 fn ttl_of(attr: &Attr) -> Duration {
-    if attr.kind == Kind::File && attr.perm & 0o222 == 0 && attr.ino > IMPORT_INO {
-        TASK_TTL
-    } else {
-        SHORT_TTL
+    match attr.kind {
+        Kind::File if attr.immutable => TASK_TTL,
+        // An import's size and mode change when it is committed.
+        Kind::File => Duration::ZERO,
+        Kind::Directory => SHORT_TTL,
     }
 }
 
@@ -97,6 +98,14 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(MAX_REQUEST);
         let _ = config.set_max_readahead(MAX_REQUEST);
         let _ = config.set_max_background(64);
+        // O_TRUNC arrives with open() (instead of a separate truncate), so
+        // reopening a finished import with O_TRUNC starts a new import.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::warn!(
+                ?missing,
+                "kernel lacks atomic O_TRUNC: overwriting a finished import will fail"
+            );
+        }
         Ok(())
     }
 
@@ -244,7 +253,7 @@ impl Filesystem for FuseAdapter {
                 .await
             {
                 Ok((attr, fh)) => reply.created(
-                    &SHORT_TTL,
+                    &ttl_of(&attr),
                     &file_attr(&attr),
                     Generation(0),
                     FileHandle(fh),
@@ -432,6 +441,8 @@ impl Filesystem for FuseAdapter {
         reply.error(FuseErrno::EPERM);
     }
 
+    /// No xattr can be set (ACLs included): ENOTSUP makes `cp -p` and
+    /// `rsync` fall back to chmod instead of failing.
     fn setxattr(
         &self,
         _req: &Request,
@@ -442,11 +453,11 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(FuseErrno::EPERM);
+        reply.error(FuseErrno::from_i32(libc::ENOTSUP));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(FuseErrno::EPERM);
+        reply.error(FuseErrno::from_i32(libc::ENOTSUP));
     }
 }
 

@@ -84,7 +84,9 @@ pub fn clear_stale_mount(mountpoint: &Path) -> Result<(), MountError> {
     if !is_fuse_mount(mountpoint) {
         return Ok(());
     }
-    match std::fs::metadata(mountpoint) {
+    // statfs always reaches the file system (stat may be answered from the
+    // kernel's attribute cache even when the process behind it is gone).
+    match statfs(mountpoint) {
         Err(e)
             if e.raw_os_error() == Some(libc::ENOTCONN)
                 || e.raw_os_error() == Some(libc::ECONNABORTED) =>
@@ -96,6 +98,19 @@ pub fn clear_stale_mount(mountpoint: &Path) -> Result<(), MountError> {
             })
         }
         _ => Err(MountError::AlreadyMounted(mountpoint.to_path_buf())),
+    }
+}
+
+fn statfs(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is NUL-terminated and `buf` is large enough for statfs.
+    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

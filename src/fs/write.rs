@@ -231,8 +231,18 @@ impl DfcacheFs {
                 Ok(())
             }
             Err(errno) => {
-                warn!(name, errno = errno.0, "import failed");
+                warn!(
+                    name,
+                    errno = errno.0,
+                    "import failed; its name is removed from import/"
+                );
                 *state = ImportState::Failed(errno);
+                // No file that looks like a finished import may remain.
+                let name = node.meta().name.clone();
+                let mut inodes = self.inodes();
+                if inodes.import(&name).is_some_and(|n| n.ino == node.ino) {
+                    inodes.unlink_import(&name);
+                }
                 Err(errno)
             }
         }

@@ -1,0 +1,149 @@
+//! A daemon that goes away: cp fails, cat fails with EIO instead of
+//! hanging, and the same mount works again once the daemon is back.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::harness::*;
+
+fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[test]
+fn daemon_killed_during_cp_fails_cp_and_leaves_no_task() {
+    let root = tempdir();
+    let mut daemon = Daemon::start(root.path());
+    let m = Mounted::on(&daemon, root.path(), &[]);
+    let fifo = root.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let cp = Command::new("cp")
+        .arg(&fifo)
+        .arg(m.import("big"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(&vec![3u8; 16 << 20]).unwrap();
+    eventually("the daemon to receive data", 10, || {
+        !daemon.leftovers().is_empty()
+    });
+    daemon.kill();
+    // Whatever cp still writes fails now or at close.
+    let _ = writer.write_all(&vec![3u8; 4 << 20]);
+    drop(writer);
+    let out = cp.wait_with_output().unwrap();
+    assert!(!out.status.success(), "cp succeeded against a dead daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(!m.import("big").exists(), "a failed import is still listed");
+
+    let daemon = Daemon::start(root.path());
+    assert!(daemon.ids().is_empty(), "a partial task survived");
+    // The same mount imports again.
+    let src = root.path().join("small.bin");
+    write_file(&src, 2 * MIB, 1);
+    sh_ok(&format!("cp {} {}", q(&src), q(&m.import("again"))));
+    assert_eq!(task_id_xattr(&m.import("again")), expected_id(&src));
+}
+
+#[test]
+fn daemon_killed_during_cat_gives_eio_then_the_mount_recovers() {
+    let root = tempdir();
+    let mut daemon = Daemon::start(root.path());
+    let src = root.path().join("src.bin");
+    write_file(&src, 160 * MIB, 9);
+    let id = daemon.ok(&[
+        "import",
+        "--stream-mode",
+        "--piece-length",
+        "4mib",
+        src.to_str().unwrap(),
+    ]);
+    let m = Mounted::on(
+        &daemon,
+        root.path(),
+        &[
+            "--cache-size",
+            "16mib",
+            "--read-ahead",
+            "8mib",
+            "--fetch-timeout",
+            "10s",
+        ],
+    );
+
+    // cat writes into a pipe we read slowly, so it is mid-file when the
+    // daemon dies.
+    let mut cat = Command::new("cat")
+        .arg(m.task(&id))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = cat.stdout.take().unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    out.read_exact(&mut buf).unwrap();
+    daemon.kill();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = out.read_to_end(&mut rest);
+    let status = cat.wait().unwrap();
+    let mut err = String::new();
+    cat.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        !status.success(),
+        "cat read the whole task without a daemon"
+    );
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "cat took {:?} to fail",
+        started.elapsed()
+    );
+
+    // Back: the same mount serves the task again.
+    let _daemon = Daemon::start(root.path());
+    sh_ok(&format!("cmp {} {}", q(&src), q(&m.task(&id))));
+}
+
+#[test]
+fn a_crashed_mount_is_replaced_by_the_next() {
+    let root = tempdir();
+    let mut m = Mounted::embedded(root.path(), &[]);
+    let src = root.path().join("src.bin");
+    write_file(&src, MIB, 2);
+    sh_ok(&format!("cp {} {}", q(&src), q(&m.import("f"))));
+    let id = task_id_xattr(&m.import("f"));
+    m.crash();
+    assert!(is_mounted(&m.mnt), "the crash should leave a dead mount");
+    let dead = std::fs::read_dir(&m.mnt).map(|_| ()).unwrap_err();
+    assert_eq!(dead.raw_os_error(), Some(107), "ENOTCONN expected: {dead}");
+    let again = Mounted::embedded(root.path(), &[]);
+    sh_ok(&format!("cmp {} {}", q(&src), q(&again.task(&id))));
+    drop(again);
+    drop(m);
+    assert!(!is_mounted(&root.path().join("mnt")));
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let root = tempdir();
+    let mut m = Mounted::embedded(root.path(), &[]);
+    let status = m.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&m.mnt));
+}

@@ -1,0 +1,173 @@
+//! A `dfcache mount` process and helpers to drive it with real programs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{bin, Daemon};
+
+pub struct Mounted {
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+}
+
+impl Mounted {
+    /// `dfcache mount` of `root/mnt` on the daemon's socket.
+    pub fn on(daemon: &Daemon, root: &Path, extra: &[&str]) -> Mounted {
+        let mut args: Vec<String> = vec!["-e".into(), daemon.socket.to_string_lossy().into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(root, &args)
+    }
+
+    /// `dfcache mount --embedded root/store root/mnt`.
+    pub fn embedded(root: &Path, extra: &[&str]) -> Mounted {
+        let mut args: Vec<String> = vec![
+            "--embedded".into(),
+            root.join("store").to_string_lossy().into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(root, &args)
+    }
+
+    fn start(root: &Path, args: &[String]) -> Mounted {
+        let mnt = root.join("mnt");
+        let child = Command::new(bin())
+            .arg("mount")
+            .arg(&mnt)
+            .args(args)
+            .env(
+                "DFCACHE_LOG_LEVEL",
+                std::env::var("DFCACHE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dfcache mount");
+        let mut m = Mounted {
+            child: Some(child),
+            mnt,
+        };
+        m.wait_mounted();
+        m
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if is_mounted(&self.mnt) && std::fs::read_dir(self.mnt.join("tasks")).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("dfcache mount exited early: {status}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} was not mounted", self.mnt.display());
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn import(&self, name: &str) -> PathBuf {
+        self.mnt.join("import").join(name)
+    }
+
+    pub fn task(&self, id: &str) -> PathBuf {
+        self.mnt.join("tasks").join(id)
+    }
+
+    /// SIGKILL the mount process, as a crash (the mount stays, dead).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the clean way out.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.stop();
+        if is_mounted(&self.mnt) {
+            // The process is gone but the mount is not: detach it.
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// Whether /proc/mounts lists `mnt`.
+pub fn is_mounted(mnt: &Path) -> bool {
+    let target = mnt.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(target.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `sh -c script`; returns the output.
+pub fn sh(script: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh")
+}
+
+/// Runs `sh -c script` and insists it succeeded; returns trimmed stdout.
+pub fn sh_ok(script: &str) -> String {
+    let out = sh(script);
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs python3 with `code`, arguments after it; returns the output.
+pub fn python(code: &str, args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3")
+}
+
+pub fn task_id_xattr(path: &Path) -> String {
+    sh_ok(&format!(
+        "getfattr --only-values -n user.dfcache.task_id '{}'",
+        path.display()
+    ))
+}
+
+pub fn q(p: &Path) -> String {
+    format!("'{}'", p.display())
+}

@@ -1,0 +1,13 @@
+//! Real-mount tests: each mounts a real FUSE file system (`dfcache mount`)
+//! on a real daemon and drives it with real programs. Every mount is
+//! unmounted when its `Mounted` is dropped, also when a test fails.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+mod concurrency;
+mod failures;
+mod import;
+mod misc;
+mod read;
