@@ -11,6 +11,7 @@ command -v getfattr > /dev/null || need+=(attr)
 command -v mountpoint > /dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
 command -v python3 > /dev/null || need+=(python3)
+command -v rsync > /dev/null || need+=(rsync)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

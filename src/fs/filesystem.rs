@@ -28,6 +28,9 @@ use crate::mapping::PathMapper;
 use crate::store::piece::default_piece_length;
 use crate::store::task_id::is_task_id;
 
+/// In-flight fetch budget when read-ahead is off or tiny.
+const MIN_INFLIGHT: u64 = 8 << 20;
+
 /// The xattr that holds a file's task id.
 pub const TASK_ID_XATTR: &str = "user.dfcache.task_id";
 
@@ -89,8 +92,12 @@ pub struct DfcacheFs {
 
 impl DfcacheFs {
     pub fn new(client: Client, config: FsConfig) -> Self {
-        // Pieces in flight: the read-ahead window plus the piece being read.
-        let inflight = config.read_ahead.max(1) + crate::store::piece::MAX_PIECE_LENGTH;
+        // Read-ahead lands in the cache: more than half of it would evict
+        // pieces before they are read.
+        let mut config = config;
+        config.read_ahead = config.read_ahead.min(config.cache_size / 2);
+        // Bytes being fetched at once (one piece may exceed it, alone).
+        let inflight = config.read_ahead.max(MIN_INFLIGHT);
         let cache = Arc::new(PieceCache::new(
             client.clone(),
             config.cache_size,

@@ -55,6 +55,9 @@ pub struct PieceCache {
     inflight: Mutex<HashMap<PieceKey, Flight>>,
     budget: Semaphore,
     budget_units: u32,
+    /// Read-ahead fetches at once: a few, in order, beat many in parallel
+    /// (they share one socket and the demanded piece would queue behind).
+    prefetch_slots: Arc<Semaphore>,
     fetch_timeout: Duration,
     fetches: AtomicU64,
 }
@@ -79,6 +82,7 @@ impl PieceCache {
             inflight: Mutex::new(HashMap::new()),
             budget: Semaphore::new(budget_units as usize),
             budget_units,
+            prefetch_slots: Arc::new(Semaphore::new(prefetch_parallelism())),
             fetch_timeout,
             fetches: AtomicU64::new(0),
         }
@@ -115,6 +119,25 @@ impl PieceCache {
             }
         }
         result
+    }
+
+    /// Starts fetching piece `index` in the background if a read-ahead slot
+    /// is free; returns whether it did. Never waits.
+    pub fn prefetch(self: &Arc<Self>, task: &TaskGeometry, index: u64) -> bool {
+        if self.is_present(task, index) {
+            return true;
+        }
+        let Ok(slot) = self.prefetch_slots.clone().try_acquire_owned() else {
+            return false;
+        };
+        let cache = self.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            // A failed read-ahead is retried by the read that needs it.
+            let _ = cache.get(&task, index).await;
+            drop(slot);
+        });
+        true
     }
 
     /// Whether piece `index` is cached or being fetched.
@@ -185,6 +208,9 @@ impl PieceCache {
             .read_task(&task.id, range)
             .await
             .map_err(Errno::from)?;
+        // One exact-size copy: the chunks share tonic's larger receive
+        // buffers, and caching them would pin those (RSS well past the
+        // cache size).
         let mut piece = BytesMut::with_capacity(len as usize);
         while let Some((_, chunk)) = reader.next_chunk().await.map_err(Errno::from)? {
             piece.extend_from_slice(&chunk);
@@ -203,4 +229,14 @@ impl PieceCache {
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<PieceKey, Flight>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Read-ahead fetches in flight at once (`DFCACHE_PREFETCH_PARALLELISM`
+/// overrides, for tuning).
+fn prefetch_parallelism() -> usize {
+    std::env::var("DFCACHE_PREFETCH_PARALLELISM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2)
 }

@@ -117,16 +117,11 @@ impl DfcacheFs {
             end - offset,
             max_pieces,
         );
+        // In order, nearest first, while read-ahead slots are free.
         for index in (last + 1..=last + window).take_while(|&i| i < task.piece_count()) {
-            if self.cache.is_present(task, index) {
-                continue;
+            if !self.cache.prefetch(task, index) {
+                break;
             }
-            let cache = self.cache.clone();
-            let task = task.clone();
-            tokio::spawn(async move {
-                // A failed read-ahead is retried by the read that needs it.
-                let _ = cache.get(&task, index).await;
-            });
         }
     }
 }

@@ -18,7 +18,6 @@ mod writer;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -277,21 +276,43 @@ impl Store {
 
 /// Reads up to `len` bytes at `offset` without a shared seek pointer.
 pub async fn read_at(file: Arc<File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
+    tokio::task::spawn_blocking(move || pread_full(&file, offset, len))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// pread into a fresh buffer without zeroing it first (a hot path: every
+/// byte served goes through here, and zeroing costs as much as the copy).
+fn pread_full(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let mut filled = 0;
+    while filled < len {
+        // SAFETY: the pointer and length stay inside the vector's spare
+        // capacity; pread writes at most `len - filled` bytes there.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(filled).cast(),
+                len - filled,
+                (offset + filled as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
-            filled += n;
+            return Err(err);
         }
-        buf.truncate(filled);
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+        if n == 0 {
+            break;
+        }
+        filled += n as usize;
+    }
+    // SAFETY: pread initialised the first `filled` bytes.
+    unsafe { buf.set_len(filled) };
+    Ok(Bytes::from(buf))
 }
 
 fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {

@@ -164,9 +164,19 @@ fn rename_chmod_utimes_cp_p_and_install_work() {
     let id = task_id_xattr(&m.import("renamed"));
     assert_eq!(id, expected_id(&src));
     assert_eq!(task_id_xattr(&m.import("kept")), id);
+    // rsync writes a temporary name, sets mode and times, then renames.
+    sh_ok(&format!("rsync -a {} {}/", q(&src), q(&m.path("import"))));
+    assert_eq!(task_id_xattr(&m.import("src.bin")), id);
+    assert_eq!(
+        sh_ok(&format!("stat -c %Y {}", q(&m.import("src.bin")))),
+        mtime
+    );
     // Importing the same name again replaces the file (a new import).
     sh_ok(&format!("cp {} {}", q(&src), q(&m.import("kept"))));
     assert_eq!(task_id_xattr(&m.import("kept")), id);
     let names = sh_ok(&format!("ls {}", q(&m.path("import"))));
-    assert_eq!(names.lines().collect::<Vec<_>>(), vec!["kept", "renamed"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        vec!["kept", "renamed", "src.bin"]
+    );
 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The mount against its baselines, all in one run, as ratios of medians:
+#   cold `dd bs=1M` of tasks/<id>   vs  `dfcache export --stream-mode` of the task (to tmpfs)
+#   warm re-read of tasks/<id>      vs  the source read warm through `bindfs -o kernel_cache`
+#   `cp F mnt/import/`              vs  `dfcache import --stream-mode F`
+#   random 4 KiB reads (fio psync)  beside bindfs's IOPS
+# and the mount's peak RSS reading a larger task (default 4 GiB) with --cache-size 64mib.
+#
+#   scripts/bench-mount.sh                        # 2 GiB, 3 runs
+#   SIZE=512M BIG=1G RUNS=2 scripts/bench-mount.sh
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/lib.sh"
+
+SIZE="${SIZE:-2G}"
+BIG="${BIG:-4G}"
+RUNS="${RUNS:-3}"
+WORK="${WORK:-/var/tmp/dfcache-bench-mount}"
+RSS_LIMIT_KIB=$((160 * 1024))
+
+need=()
+command -v bindfs > /dev/null || need+=(bindfs)
+command -v fio > /dev/null || need+=(fio)
+[ ${#need[@]} -eq 0 ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null; }
+bash "$here/install-deps.sh"
+build_release
+
+mkdir -p "$WORK/src" "$WORK/mnt" "$WORK/bind"
+rm -rf "$WORK/store" "/dev/shm/dfcache-bench-out"
+make_file "$WORK/src/f" "$SIZE"
+start_daemon "$WORK"
+MOUNT_PID=""
+cleanup() {
+  [ -z "$MOUNT_PID" ] || kill "$MOUNT_PID" 2> /dev/null || true
+  sleep 0.5
+  mountpoint -q "$WORK/mnt" && umount -l "$WORK/mnt"
+  mountpoint -q "$WORK/bind" && umount -l "$WORK/bind"
+  kill "$DAEMON_PID" 2> /dev/null || true
+  wait 2> /dev/null || true
+  rm -rf "$WORK/store" "/dev/shm/dfcache-bench-out"
+}
+trap cleanup EXIT
+
+mount_dfcache() {
+  "$DFCACHE" mount "$WORK/mnt" -e "$DFCACHE_ENDPOINT" -l warn "$@" &
+  MOUNT_PID=$!
+  for _ in $(seq 200); do [ -d "$WORK/mnt/tasks" ] && mountpoint -q "$WORK/mnt" && return 0; sleep 0.05; done
+  echo "mount did not come up" >&2
+  return 1
+}
+umount_dfcache() {
+  kill "$MOUNT_PID"
+  wait "$MOUNT_PID" || true
+  MOUNT_PID=""
+}
+# mbps BYTES SECONDS
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1048576 }'; }
+bytes=$(stat -c %s "$WORK/src/f")
+
+id=$("$DFCACHE" import --stream-mode --no-progress "$WORK/src/f")
+bindfs -o kernel_cache "$WORK/src" "$WORK/bind"
+
+exp_t=(); cold_t=(); warm_t=(); bind_t=(); cp_t=(); imp_t=()
+for run in $(seq "$RUNS"); do
+  settle; s=$(now); "$DFCACHE" export --stream-mode --no-progress "$id" -O /dev/shm/dfcache-bench-out; exp_t+=("$(elapsed "$s")")
+  rm -f /dev/shm/dfcache-bench-out
+
+  mount_dfcache
+  COLD=1 settle; s=$(now); dd if="$WORK/mnt/tasks/$id" of=/dev/null bs=1M status=none; cold_t+=("$(elapsed "$s")")
+  s=$(now); dd if="$WORK/mnt/tasks/$id" of=/dev/null bs=1M status=none; warm_t+=("$(elapsed "$s")")
+  cat "$WORK/bind/f" > /dev/null
+  s=$(now); dd if="$WORK/bind/f" of=/dev/null bs=1M status=none; bind_t+=("$(elapsed "$s")")
+
+  "$DFCACHE" rm "$id" 2> /dev/null
+  settle; s=$(now); cp "$WORK/src/f" "$WORK/mnt/import/f$run"; cp_t+=("$(elapsed "$s")")
+  id=$(getfattr --only-values -n user.dfcache.task_id "$WORK/mnt/import/f$run")
+  "$DFCACHE" rm "$id" 2> /dev/null
+  settle; s=$(now); id=$("$DFCACHE" import --stream-mode --no-progress "$WORK/src/f"); imp_t+=("$(elapsed "$s")")
+  umount_dfcache
+  echo "run $run: export ${exp_t[-1]}s  cold dd ${cold_t[-1]}s  warm dd ${warm_t[-1]}s  bindfs warm ${bind_t[-1]}s  cp->import/ ${cp_t[-1]}s  import ${imp_t[-1]}s"
+done
+
+# Random 4 KiB reads: a fresh mount against bindfs (both page caches dropped).
+mount_dfcache
+fio_iops() {
+  COLD=1 settle
+  fio --name=rand --filename="$1" --rw=randread --bs=4k --ioengine=psync --runtime=10 --time_based \
+    --readonly --output-format=terse --terse-version=3 2> /dev/null | awk -F';' '{ print $8 }'
+}
+dfc_iops=$(fio_iops "$WORK/mnt/tasks/$id")
+bind_iops=$(fio_iops "$WORK/bind/f")
+umount_dfcache
+
+# Peak RSS reading a larger task with a 64 MiB piece cache.
+make_file "$WORK/src/big" "$BIG"
+big_id=$("$DFCACHE" import --stream-mode --no-progress "$WORK/src/big")
+mount_dfcache --cache-size 64mib
+dd if="$WORK/mnt/tasks/$big_id" of=/dev/null bs=1M status=none
+rss_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$MOUNT_PID/status")
+umount_dfcache
+
+e=$(median "${exp_t[@]}"); c=$(median "${cold_t[@]}"); w=$(median "${warm_t[@]}"); b=$(median "${bind_t[@]}")
+cp_m=$(median "${cp_t[@]}"); i=$(median "${imp_t[@]}")
+echo
+echo "medians of $RUNS runs, $SIZE task (MiB/s):"
+echo "  export --stream-mode $(mbps "$bytes" "$e")  cold dd $(mbps "$bytes" "$c")  warm dd $(mbps "$bytes" "$w")  bindfs warm $(mbps "$bytes" "$b")"
+echo "  cp into import/ $(mbps "$bytes" "$cp_m")  import --stream-mode $(mbps "$bytes" "$i")"
+echo "  cold dd / export        = $(ratio "$e" "$c")   (target >= 0.8)"
+echo "  warm dd / bindfs warm   = $(ratio "$b" "$w")   (target >= 0.9)"
+echo "  cp import/ / import     = $(ratio "$i" "$cp_m")   (target >= 0.8)"
+echo "  random 4 KiB IOPS: dfcache $dfc_iops, bindfs $bind_iops"
+echo "  mount peak RSS reading $BIG with --cache-size 64mib: $((rss_kib / 1024)) MiB (target < 160 MiB)"
+[ "$rss_kib" -lt "$RSS_LIMIT_KIB" ]
