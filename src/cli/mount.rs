@@ -77,9 +77,6 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         dfcache::fs::write::spool_dir_ok(spool)
             .with_context(|| format!("cannot write in the spool {}", spool.display()))?;
     }
-    if args.cache_size < 2 * dfcache::store::piece::MAX_PIECE_LENGTH {
-        warn!(cache_size = args.cache_size, "the piece cache holds fewer than two of the largest pieces: tasks with 64 MiB pieces will refetch");
-    }
 
     let (daemon, socket) = match &args.embedded {
         Some(dir) => {
@@ -88,7 +85,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         }
         None => (None, global.endpoint.clone()),
     };
-    let client = Client::new(&socket);
+    let client = Client::with_windows(&socket, dfcache::grpc::Windows::BOUNDED);
     // Owner of the fixed entries: the user running the mount.
     // SAFETY: getuid/getgid cannot fail.
     let owner = unsafe {

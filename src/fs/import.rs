@@ -95,7 +95,7 @@ impl Stream {
     }
 
     /// Appends `data` written at `offset`; only the current end is allowed.
-    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+    pub async fn write(&mut self, offset: u64, data: Vec<u8>) -> FsResult<()> {
         if offset != self.written {
             warn!(
                 offset,
@@ -104,7 +104,15 @@ impl Stream {
             );
             return Err(Errno::EINVAL);
         }
-        let mut rest = data;
+        let len = data.len() as u64;
+        if self.buf.is_empty() && data.len() >= CHUNK_SIZE / 2 {
+            // A large write (the kernel sends up to 1 MiB) is a chunk as it
+            // is: no second copy.
+            self.send(Bytes::from(data)).await?;
+            self.written += len;
+            return Ok(());
+        }
+        let mut rest = &data[..];
         while !rest.is_empty() {
             let take = rest.len().min(CHUNK_SIZE - self.buf.len());
             self.buf.extend_from_slice(&rest[..take]);
@@ -113,12 +121,16 @@ impl Stream {
                 self.send_buffered().await?;
             }
         }
-        self.written += data.len() as u64;
+        self.written += len;
         Ok(())
     }
 
     async fn send_buffered(&mut self) -> FsResult<()> {
         let chunk = std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK_SIZE)).freeze();
+        self.send(chunk).await
+    }
+
+    async fn send(&mut self, chunk: Bytes) -> FsResult<()> {
         let tx = self.tx.as_ref().ok_or(Errno::EIO)?;
         if tx.send(Ok(chunk)).await.is_err() {
             // The call ended early: the daemon refused or went away. Its

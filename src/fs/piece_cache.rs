@@ -177,6 +177,30 @@ impl PieceCache {
         }
     }
 
+    /// Bytes `offset..offset + len` straight from the daemon, not cached.
+    pub async fn read_uncached(
+        &self,
+        task: &TaskGeometry,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<Bytes> {
+        let units = u32::try_from(len.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget_units);
+        let _permit = self
+            .budget
+            .acquire_many(units)
+            .await
+            .map_err(|_| Errno::EIO)?;
+        match tokio::time::timeout(self.fetch_timeout, self.fetch_range(task, offset, len)).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(task_id = %task.id, offset, len, "read timed out; answering EIO");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
     async fn fetch(&self, task: &TaskGeometry, index: u64) -> FsResult<Bytes> {
         let (offset, len) = task.piece_range(index);
         let units = u32::try_from(len.div_ceil(UNIT))

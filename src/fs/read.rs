@@ -79,7 +79,13 @@ impl DfcacheFs {
         }
         let piece_length = task.piece_length;
         let (first, last) = (offset / piece_length, (end - 1) / piece_length);
-        self.read_ahead(task, readahead, offset, end, last);
+        let window = self.read_ahead(task, readahead, offset, end, last);
+        if window == 0 && (first..=last).all(|i| !self.cache.is_present(task, i)) {
+            // A random read: fetching whole pieces for it would move a
+            // piece per 4 KiB read. Fetch just the range; the kernel's page
+            // cache keeps it.
+            return self.cache.read_uncached(task, offset, end - offset).await;
+        }
 
         if first == last {
             let piece = self.cache.get(task, first).await?;
@@ -97,7 +103,8 @@ impl DfcacheFs {
         Ok(out.freeze())
     }
 
-    /// Starts fetching the pieces after `last` for a sequential reader.
+    /// Starts fetching the pieces after `last` for a sequential reader;
+    /// returns the read-ahead window (0: the reader is not sequential).
     fn read_ahead(
         &self,
         task: &TaskGeometry,
@@ -105,7 +112,7 @@ impl DfcacheFs {
         offset: u64,
         end: u64,
         last: u64,
-    ) {
+    ) -> u64 {
         let max_pieces = self.config.read_ahead / task.piece_length.max(1);
         let max_pieces = if self.config.read_ahead > 0 {
             max_pieces.max(1)
@@ -123,5 +130,6 @@ impl DfcacheFs {
                 break;
             }
         }
+        window
     }
 }

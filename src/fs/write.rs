@@ -138,7 +138,7 @@ impl DfcacheFs {
         let len = data.len() as u32;
         let mut state = node.state.lock().await;
         match &mut *state {
-            ImportState::Streaming(stream) => stream.write(offset, &data).await?,
+            ImportState::Streaming(stream) => stream.write(offset, data).await?,
             ImportState::Spooling(spool) => {
                 let mut moved = Spool {
                     file: spool.file.clone(),

@@ -19,7 +19,7 @@ use tracing::warn;
 use crate::grpc::pb::common::PersistentCacheTask;
 use crate::grpc::pb::dfdaemon::dfdaemon_download_client::DfdaemonDownloadClient;
 use crate::grpc::pb::dfdaemon::*;
-use crate::grpc::socket::{connect_channel, GRPC_MAX_MESSAGE};
+use crate::grpc::socket::{connect_channel_with, Windows, GRPC_MAX_MESSAGE};
 
 pub use error::{ClientError, ClientResult};
 pub use legacy::{DownloadedPiece, PieceStream};
@@ -61,7 +61,12 @@ impl Client {
     /// A client of the daemon listening on `socket`. Connects lazily, and
     /// reconnects by itself after the daemon restarts.
     pub fn new(socket: &Path) -> Self {
-        let rpc = DfdaemonDownloadClient::new(connect_channel(socket))
+        Self::with_windows(socket, Windows::TRANSFER)
+    }
+
+    /// A client whose HTTP/2 receive windows bound what it buffers.
+    pub fn with_windows(socket: &Path, windows: Windows) -> Self {
+        let rpc = DfdaemonDownloadClient::new(connect_channel_with(socket, windows))
             .max_decoding_message_size(GRPC_MAX_MESSAGE)
             .max_encoding_message_size(GRPC_MAX_MESSAGE);
         Self {

@@ -5,7 +5,9 @@ pub mod client;
 pub mod server;
 mod socket;
 
-pub use socket::{connect_channel, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE};
+pub use socket::{
+    connect_channel, connect_channel_with, Windows, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE,
+};
 
 /// Generated protobuf and tonic code.
 pub mod pb {

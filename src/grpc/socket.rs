@@ -20,16 +20,44 @@ pub const GRPC_CONNECTION_WINDOW: u32 = 64 << 20;
 /// 64 MiB (legacy piece content), plus framing.
 pub const GRPC_MAX_MESSAGE: usize = (64 << 20) + (1 << 16);
 
+/// HTTP/2 receive windows: how much the daemon may send ahead of what the
+/// client has read. Large windows are fastest for one big transfer; a
+/// process with many concurrent streams (the mount) bounds its memory
+/// with smaller ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    pub stream: u32,
+    pub connection: u32,
+}
+
+impl Windows {
+    /// For one large transfer at a time (the CLI).
+    pub const TRANSFER: Windows = Windows {
+        stream: GRPC_STREAM_WINDOW,
+        connection: GRPC_CONNECTION_WINDOW,
+    };
+    /// For many piece reads at once (the mount): at most 16 MiB buffered.
+    pub const BOUNDED: Windows = Windows {
+        stream: 4 << 20,
+        connection: 16 << 20,
+    };
+}
+
 /// A lazily connecting channel to a daemon's Unix socket. The connection is
 /// made on first use and re-made after the daemon restarts.
 pub fn connect_channel(socket: &Path) -> Channel {
+    connect_channel_with(socket, Windows::TRANSFER)
+}
+
+/// `connect_channel` with the given receive windows.
+pub fn connect_channel_with(socket: &Path, windows: Windows) -> Channel {
     let socket: PathBuf = socket.to_path_buf();
     // The URI is required by tonic but never resolved: the connector below
     // ignores it and dials the socket.
     Endpoint::from_static("http://dfdaemon.sock")
         .max_frame_size(GRPC_FRAME_SIZE)
-        .initial_stream_window_size(GRPC_STREAM_WINDOW)
-        .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+        .initial_stream_window_size(windows.stream)
+        .initial_connection_window_size(windows.connection)
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
