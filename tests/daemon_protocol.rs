@@ -343,3 +343,45 @@ async fn expired_tasks_are_collected() {
     assert_eq!(ids, vec![kept]);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn thousands_of_small_reads_on_one_connection_keep_working() {
+    // The mount makes one small read per random access; they all share
+    // one HTTP/2 connection, which must keep serving them (a benchmark saw
+    // h2 refuse streams after 1024 local resets before the client read
+    // each stream to its trailers).
+    let d = Running::start(ServeOptions::default()).await;
+    let client = d.client();
+    let data = content(3 * MIB, 4);
+    let id = client
+        .write_task(
+            std::io::Cursor::new(data.clone()),
+            None,
+            &ImportOptions::default(),
+            std::sync::Arc::new(NoProgress),
+        )
+        .await
+        .unwrap()
+        .task_id;
+    for i in 0..1500u64 {
+        let offset = (i * 7919 * 4096) % (data.len() as u64 - 4096);
+        let mut reader = client
+            .read_task(
+                &id,
+                ReadRange {
+                    offset,
+                    length: Some(4096),
+                },
+            )
+            .await
+            .unwrap();
+        let (at, bytes) = reader.next_chunk().await.unwrap().unwrap();
+        assert_eq!(at, offset);
+        assert!(
+            bytes[..] == data[offset as usize..offset as usize + 4096],
+            "read {i}"
+        );
+        assert!(reader.next_chunk().await.unwrap().is_none());
+    }
+    d.stop().await;
+}

@@ -135,7 +135,9 @@ impl TaskReader {
                         // task, so its size is what came.
                         self.content_length = Some(self.raw_offset);
                     }
-                    return self.check_complete().map(|()| None);
+                    self.check_complete()?;
+                    self.drain().await?;
+                    return Ok(None);
                 }
                 Some(Msg::ReadPersistentCacheTaskStartedResponse(_)) => {
                     return Err(self.protocol("a second started message"));
@@ -179,6 +181,15 @@ impl TaskReader {
         }
         self.next_offset += content.len() as u64;
         Ok(Some((offset, content)))
+    }
+
+    /// Reads the stream to its end (the gRPC status trailers). Dropping a
+    /// stream before that resets it, and HTTP/2 refuses new streams once
+    /// too many were reset: a mount doing thousands of small reads would
+    /// start failing.
+    async fn drain(&mut self) -> ClientResult<()> {
+        while self.recv().await?.is_some() {}
+        Ok(())
     }
 
     fn check_complete(&self) -> ClientResult<()> {
