@@ -4,25 +4,12 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
 fn mkfifo(path: &std::path::Path) {
     let status = Command::new("mkfifo").arg(path).status().unwrap();
     assert!(status.success());
-}
-
-/// Polls `cond` for up to 10 s.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 /// Starts `dfcache import --stream-mode FIFO` and feeds it `len` bytes,
@@ -51,13 +38,13 @@ fn client_killed_mid_import_leaves_no_task() {
     let root = tempdir();
     let daemon = Daemon::start(root.path());
     let (mut child, writer) = start_fifo_import(&daemon, &root.path().join("fifo"), 12 << 20);
-    eventually("the daemon to receive data", || {
+    eventually("the daemon to receive data", 10, || {
         !daemon.leftovers().is_empty()
     });
     child.kill().unwrap();
     child.wait().unwrap();
     drop(writer);
-    eventually("the partial write to be discarded", || {
+    eventually("the partial write to be discarded", 10, || {
         daemon.leftovers().is_empty()
     });
     assert!(daemon.ids().is_empty(), "a task appeared");
@@ -91,7 +78,7 @@ fn daemon_killed_mid_import_keeps_earlier_tasks_only() {
     let earlier_id = daemon.ok(&["import", "--stream-mode", earlier.to_str().unwrap()]);
 
     let (child, writer) = start_fifo_import(&daemon, &root.path().join("fifo"), 12 << 20);
-    eventually("the daemon to receive data", || {
+    eventually("the daemon to receive data", 10, || {
         !daemon.leftovers().is_empty()
     });
     daemon.kill();

@@ -184,25 +184,18 @@ impl PieceCache {
         offset: u64,
         len: u64,
     ) -> FsResult<Bytes> {
-        let units = u32::try_from(len.div_ceil(UNIT))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.budget_units);
-        let _permit = self
-            .budget
-            .acquire_many(units)
-            .await
-            .map_err(|_| Errno::EIO)?;
-        match tokio::time::timeout(self.fetch_timeout, self.fetch_range(task, offset, len)).await {
-            Ok(result) => result,
-            Err(_) => {
-                warn!(task_id = %task.id, offset, len, "read timed out; answering EIO");
-                Err(Errno::EIO)
-            }
-        }
+        self.fetch_bounded(task, offset, len).await
     }
 
     async fn fetch(&self, task: &TaskGeometry, index: u64) -> FsResult<Bytes> {
         let (offset, len) = task.piece_range(index);
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        debug!(task_id = %task.id, index, offset, len, "fetching piece");
+        self.fetch_bounded(task, offset, len).await
+    }
+
+    /// A range read within the in-flight budget and the fetch timeout.
+    async fn fetch_bounded(&self, task: &TaskGeometry, offset: u64, len: u64) -> FsResult<Bytes> {
         let units = u32::try_from(len.div_ceil(UNIT))
             .unwrap_or(u32::MAX)
             .clamp(1, self.budget_units);
@@ -211,12 +204,10 @@ impl PieceCache {
             .acquire_many(units)
             .await
             .map_err(|_| Errno::EIO)?;
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        debug!(task_id = %task.id, index, offset, len, "fetching piece");
         match tokio::time::timeout(self.fetch_timeout, self.fetch_range(task, offset, len)).await {
             Ok(result) => result,
             Err(_) => {
-                warn!(task_id = %task.id, index, timeout = ?self.fetch_timeout, "piece fetch timed out; answering EIO");
+                warn!(task_id = %task.id, offset, len, timeout = ?self.fetch_timeout, "daemon read timed out; answering EIO");
                 Err(Errno::EIO)
             }
         }

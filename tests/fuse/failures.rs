@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::harness::*;
 
-fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[test]
 fn daemon_killed_during_cp_fails_cp_and_leaves_no_task() {
     let root = tempdir();
