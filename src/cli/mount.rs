@@ -86,6 +86,16 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         None => (None, global.endpoint.clone()),
     };
     let client = Client::with_windows(&socket, dfcache::grpc::Windows::BOUNDED);
+    match client.probe_streaming().await {
+        Ok(false) if args.spool.is_none() => bail!(
+            "the daemon at {} has no streaming RPCs (a released dfdaemon): it imports files by path, so \
+             mount with --spool DIR on a directory it can read (and --path-mapping if it sees that \
+             directory under another path)",
+            socket.display()
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot ask the daemon whether it streams yet; assuming it does"),
+    }
     // Owner of the fixed entries: the user running the mount.
     // SAFETY: getuid/getgid cannot fail.
     let owner = unsafe {

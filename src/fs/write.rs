@@ -251,14 +251,23 @@ impl DfcacheFs {
     /// Streams a spool file to the daemon, then removes it. (A legacy
     /// daemon gets it by path: see the legacy mode.)
     async fn upload_spool(&self, spool: Spool) -> FsResult<Finished> {
-        let file = tokio::fs::File::open(&spool.path)
-            .await
-            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        // A legacy daemon opens the spool file itself, by its host path;
+        // it may hard-link it into its storage, so the file is only ever
+        // unlinked afterwards, never modified or reused.
+        let daemon_path = std::fs::canonicalize(&spool.path)
+            .map_err(|e| e.to_string())
+            .and_then(|real| {
+                self.config
+                    .path_mapping
+                    .to_host(&real)
+                    .map_err(|e| e.to_string())
+            });
         let result = self
             .client
-            .write_task(
-                file,
-                Some(spool.size),
+            .import_file(
+                &spool.path,
+                daemon_path.as_deref().map_err(String::as_str),
+                true,
                 &self.config.import,
                 Arc::new(NoProgress),
             )

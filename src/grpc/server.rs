@@ -217,12 +217,19 @@ impl DfdaemonDownload for Daemon {
             ttl: req.ttl.map(crate::store::duration_from_proto),
             content_for_calculating_task_id: req.content_for_calculating_task_id,
         };
-        let meta = self
-            .store
-            .import_path(&path, params)
-            .instrument(span)
-            .await
-            .map_err(status_of)?;
+        // Today's dfdaemon links a file on its own file system into its
+        // storage instead of copying it; the legacy emulation does too.
+        let link = self.emulate == Emulation::Legacy;
+        let meta = async {
+            if link {
+                self.store.link_path(&path, params).await
+            } else {
+                self.store.import_path(&path, params).await
+            }
+        }
+        .instrument(span)
+        .await
+        .map_err(status_of)?;
         Ok(Response::new(meta.to_proto()))
     }
 

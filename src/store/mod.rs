@@ -10,6 +10,7 @@
 //! either a whole task or leftovers that `open` removes.
 
 mod error;
+mod link;
 mod meta;
 pub mod piece;
 pub mod task_id;
@@ -112,12 +113,15 @@ impl Store {
 
     /// Starts writing a new task; it exists only once `finish` returns.
     pub fn begin_write(&self, params: WriteParams) -> StoreResult<TaskWriter> {
+        TaskWriter::start(self.clone(), params, self.temp_path("part"))
+    }
+
+    /// A fresh name in the temporary directory (emptied at start).
+    fn temp_path(&self, suffix: &str) -> PathBuf {
         let n = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-        let temp = self
-            .inner
+        self.inner
             .tmp_dir
-            .join(format!("{}-{n}.part", std::process::id()));
-        TaskWriter::start(self.clone(), params, temp)
+            .join(format!("{}-{n}.{suffix}", std::process::id()))
     }
 
     /// Imports a file the daemon can open itself (the legacy upload RPC).
@@ -223,11 +227,7 @@ impl Store {
 
     /// Writes the metadata atomically (temp, fsync, rename, fsync the dir).
     fn write_meta(&self, meta: &TaskMeta) -> StoreResult<()> {
-        let n = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-        let temp = self
-            .inner
-            .tmp_dir
-            .join(format!("{}-{n}.meta", std::process::id()));
+        let temp = self.temp_path("meta");
         let target = self.meta_path(&meta.id);
         let result = (|| -> std::io::Result<()> {
             let mut f = File::create(&temp)?;

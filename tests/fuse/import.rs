@@ -180,3 +180,45 @@ fn rename_chmod_utimes_cp_p_and_install_work() {
         vec!["kept", "renamed", "src.bin"]
     );
 }
+
+#[test]
+fn a_legacy_daemon_needs_a_spool_and_gets_imports_by_path() {
+    let root = tempdir();
+    let daemon = Daemon::start_with(root.path(), &["--legacy"]);
+    // Without a spool the mount refuses, saying why.
+    let out = std::process::Command::new(bin())
+        .args(["mount", "-e", daemon.socket.to_str().unwrap()])
+        .arg(root.path().join("mnt"))
+        .output()
+        .unwrap();
+    let err = failure(&out);
+    assert!(
+        err.contains("--spool") && err.contains("no streaming RPCs"),
+        "{err}"
+    );
+    assert!(!is_mounted(&root.path().join("mnt")));
+
+    let spool = root.path().join("spool");
+    let m = Mounted::on(&daemon, root.path(), &["--spool", spool.to_str().unwrap()]);
+    let src = root.path().join("src.bin");
+    write_file(&src, 9 * MIB + 3, 77);
+    sh_ok(&format!("cp {} {}", q(&src), q(&m.import("f"))));
+    assert_eq!(task_id_xattr(&m.import("f")), expected_id(&src));
+    assert_eq!(daemon.ids(), vec![expected_id(&src)]);
+    // The daemon linked the spool file into its store; the mount only
+    // unlinked its name, so the task's bytes are intact.
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "spool files left"
+    );
+    let out = root.path().join("out.bin");
+    daemon.ok(&[
+        "export",
+        "--transfer-from-dfdaemon",
+        &expected_id(&src),
+        "-O",
+        out.to_str().unwrap(),
+    ]);
+    assert!(same_bytes(&src, &out));
+}

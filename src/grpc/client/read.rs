@@ -221,3 +221,19 @@ impl TaskReader {
         ClientError::Protocol(format!("reading task {}: {what}", self.task_id))
     }
 }
+
+impl Client {
+    /// Whether the daemon has the streaming RPCs: asks for a task no one
+    /// has (NOT_FOUND means yes; UNIMPLEMENTED, a released dfdaemon, no,
+    /// which also switches this client to the legacy RPCs).
+    pub async fn probe_streaming(&self) -> ClientResult<bool> {
+        match self.read_task(&"0".repeat(64), ReadRange::default()).await {
+            Ok(_) | Err(ClientError::NotFound(_)) => Ok(true),
+            Err(ClientError::Daemon {
+                code: Code::Unimplemented,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
