@@ -6,6 +6,10 @@
 #   SIZE=512M RUNS=3 scripts/bench-transfer.sh
 #   COLD=1 scripts/bench-transfer.sh     # drop the page cache before each step
 #
+# On these VMs, memory the kernel has not used recently is slow to touch
+# the first time (the same export: 1.3 s after a cache drop, 5.8 s
+# without), so COLD=1 gives the steadier comparison.
+#
 # Every step starts after `sync`, so no step pays for another's writeback.
 # Import includes hashing and the daemon's fsync; cp does not fsync, which
 # is why "cp+sync" (the same durability as an import) is shown beside it.

@@ -30,6 +30,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    if matches!(cli.command, Command::Mount(_)) {
+        limit_malloc_arenas();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,5 +62,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("Error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The mount moves multi-megabyte pieces between threads: with glibc's
+/// default of one arena per thread, freed pieces pile up in every arena
+/// (measured: peak RSS 148 MiB reading 4 GiB with a 64 MiB cache, 95 MiB
+/// with one arena, and no slower). Must run before any thread starts.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; no other thread
+    // exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

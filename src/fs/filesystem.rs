@@ -92,15 +92,19 @@ pub struct DfcacheFs {
 
 impl DfcacheFs {
     pub fn new(client: Client, config: FsConfig) -> Self {
-        // Read-ahead lands in the cache: more than half of it would evict
-        // pieces before they are read.
+        // --cache-size bounds the pieces in memory, cached or being
+        // fetched: read-ahead (the fetch budget) takes at most half of it,
+        // the LRU the rest.
         let mut config = config;
         config.read_ahead = config.read_ahead.min(config.cache_size / 2);
-        // Bytes being fetched at once (one piece may exceed it, alone).
-        let inflight = config.read_ahead.max(MIN_INFLIGHT);
+        let inflight = config
+            .read_ahead
+            .max(MIN_INFLIGHT.min(config.cache_size / 2))
+            .max(1);
+        let lru_capacity = config.cache_size.saturating_sub(inflight);
         let cache = Arc::new(PieceCache::new(
             client.clone(),
-            config.cache_size,
+            lru_capacity,
             inflight,
             config.fetch_timeout,
         ));
