@@ -1,10 +1,11 @@
 //! A byte-bounded LRU of whole pieces, keyed by task and piece number.
 //!
-//! - Concurrent misses on one piece make one daemon request (the waiters
-//!   share a `OnceCell`); a failed fetch is not cached, so the next read
+//! - A piece being fetched is readable as it lands: a read waits only for
+//!   the bytes it needs, not for the whole piece (pieces are up to 64 MiB).
+//! - Concurrent misses on one piece make one daemon request (readers share
+//!   the fetch in flight); a failed fetch is not cached, so the next read
 //!   retries (a daemon that comes back is used again).
-//! - Bytes in flight are bounded by a semaphore, cached bytes by the LRU:
-//!   memory is cache size plus in-flight budget, whatever the file size.
+//! - Bytes in flight are bounded by a semaphore, cached bytes by the LRU.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
 use crate::fs::error::{Errno, FsResult};
@@ -44,16 +45,41 @@ impl TaskGeometry {
 }
 
 type PieceKey = (Arc<str>, u64);
-type Flight = Arc<OnceCell<FsResult<Bytes>>>;
 
 /// Budget granularity: in-flight bytes are counted in MiB.
 const UNIT: u64 = 1 << 20;
 
+/// A piece on its way: the chunks received so far, and how far they reach.
+struct Flight {
+    chunks: Mutex<Vec<Bytes>>,
+    progress: watch::Sender<Progress>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Landed(usize),
+    Done,
+    Failed(Errno),
+}
+
+impl Flight {
+    fn chunks(&self) -> std::sync::MutexGuard<'_, Vec<Bytes>> {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes `from..to` out of the chunks (they reach at least `to`).
+    fn slice(&self, from: usize, to: usize) -> Bytes {
+        gather(&self.chunks(), from, to)
+    }
+}
+
 pub struct PieceCache {
     client: Client,
     lru: Mutex<Lru>,
-    inflight: Mutex<HashMap<PieceKey, Flight>>,
-    budget: Semaphore,
+    /// Also guards the hand-over from a flight to the LRU: a reader looks
+    /// in both under this lock, so it never misses a piece in between.
+    inflight: Mutex<HashMap<PieceKey, Arc<Flight>>>,
+    budget: Arc<Semaphore>,
     budget_units: u32,
     /// Read-ahead fetches at once: a few, in order, beat many in parallel
     /// (they share one socket and the demanded piece would queue behind).
@@ -68,6 +94,12 @@ struct Lru {
     capacity: u64,
 }
 
+/// Where a read finds its piece.
+enum Found {
+    Cached(Bytes),
+    Flying(Arc<Flight>),
+}
+
 impl PieceCache {
     /// `capacity`: cached bytes; `inflight`: bytes being fetched at once.
     pub fn new(client: Client, capacity: u64, inflight: u64, fetch_timeout: Duration) -> Self {
@@ -80,7 +112,7 @@ impl PieceCache {
                 capacity,
             }),
             inflight: Mutex::new(HashMap::new()),
-            budget: Semaphore::new(budget_units as usize),
+            budget: Arc::new(Semaphore::new(budget_units as usize)),
             budget_units,
             prefetch_slots: Arc::new(Semaphore::new(prefetch_parallelism())),
             fetch_timeout,
@@ -97,32 +129,45 @@ impl PieceCache {
         self.lock_lru().bytes
     }
 
-    /// Piece `index` of `task`, from the cache or the daemon.
-    pub async fn get(&self, task: &TaskGeometry, index: u64) -> FsResult<Bytes> {
-        let key: PieceKey = (task.id.clone(), index);
-        if let Some(piece) = self.lock_lru().map.get(&key) {
-            return Ok(piece.clone());
-        }
-        let flight = self
-            .lock_inflight()
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone();
-        let result = flight.get_or_init(|| self.fetch(task, index)).await.clone();
-        {
-            let mut inflight = self.lock_inflight();
-            if inflight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                inflight.remove(&key);
-                if let Ok(piece) = &result {
-                    self.insert(key, piece.clone());
+    /// Bytes `from..to` of piece `index`, as soon as they are there.
+    pub async fn read(
+        self: &Arc<Self>,
+        task: &TaskGeometry,
+        index: u64,
+        from: usize,
+        to: usize,
+    ) -> FsResult<Bytes> {
+        let flight = match self.find_or_start(task, index) {
+            Found::Cached(piece) => {
+                return Ok(piece.slice(from.min(piece.len())..to.min(piece.len())))
+            }
+            Found::Flying(flight) => flight,
+        };
+        let mut progress = flight.progress.subscribe();
+        loop {
+            let state = *progress.borrow_and_update();
+            match state {
+                Progress::Landed(n) if n >= to => return Ok(flight.slice(from, to)),
+                Progress::Done => {
+                    let landed: usize = flight.chunks().iter().map(Bytes::len).sum();
+                    if landed < to {
+                        warn!(task_id = %task.id, index, landed, to, "piece shorter than the task says; answering EIO");
+                        return Err(Errno::EIO);
+                    }
+                    return Ok(flight.slice(from, to));
                 }
+                Progress::Failed(errno) => return Err(errno),
+                Progress::Landed(_) => {}
+            }
+            if progress.changed().await.is_err() {
+                // The fetch task ended without a final word (panicked).
+                return Err(Errno::EIO);
             }
         }
-        result
     }
 
     /// Starts fetching piece `index` in the background if a read-ahead slot
-    /// is free; returns whether it did. Never waits.
+    /// is free; returns whether it is cached or coming. Never waits.
     pub fn prefetch(self: &Arc<Self>, task: &TaskGeometry, index: u64) -> bool {
         if self.is_present(task, index) {
             return true;
@@ -130,34 +175,150 @@ impl PieceCache {
         let Ok(slot) = self.prefetch_slots.clone().try_acquire_owned() else {
             return false;
         };
-        let cache = self.clone();
-        let task = task.clone();
-        tokio::spawn(async move {
-            // A failed read-ahead is retried by the read that needs it.
-            let _ = cache.get(&task, index).await;
-            drop(slot);
-        });
+        if let Found::Flying(flight) = self.find_or_start(task, index) {
+            // The slot is held until the piece has landed.
+            tokio::spawn(async move {
+                let mut progress = flight.progress.subscribe();
+                while matches!(*progress.borrow_and_update(), Progress::Landed(_)) {
+                    if progress.changed().await.is_err() {
+                        break;
+                    }
+                }
+                drop(slot);
+            });
+        }
         true
     }
 
     /// Whether piece `index` is cached or being fetched.
     pub fn is_present(&self, task: &TaskGeometry, index: u64) -> bool {
         let key: PieceKey = (task.id.clone(), index);
-        self.lock_lru().map.contains(&key) || self.lock_inflight().contains_key(&key)
+        let inflight = self.lock_inflight();
+        inflight.contains_key(&key) || self.lock_lru().map.contains(&key)
     }
 
-    /// Drops every cached piece of a task (its content is gone).
-    pub fn forget_task(&self, id: &str) {
-        let mut lru = self.lock_lru();
-        let keys: Vec<PieceKey> = lru
-            .map
-            .iter()
-            .filter(|((t, _), _)| &**t == id)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            if let Some(piece) = lru.map.pop(&key) {
-                lru.bytes -= piece.len() as u64;
+    /// The cached piece, or the fetch in flight (started now if need be).
+    fn find_or_start(self: &Arc<Self>, task: &TaskGeometry, index: u64) -> Found {
+        let key: PieceKey = (task.id.clone(), index);
+        let mut inflight = self.lock_inflight();
+        if let Some(piece) = self.lock_lru().map.get(&key) {
+            return Found::Cached(piece.clone());
+        }
+        if let Some(flight) = inflight.get(&key) {
+            return Found::Flying(flight.clone());
+        }
+        let (progress, _) = watch::channel(Progress::Landed(0));
+        let flight = Arc::new(Flight {
+            chunks: Mutex::new(Vec::new()),
+            progress,
+        });
+        inflight.insert(key.clone(), flight.clone());
+        drop(inflight);
+        let cache = self.clone();
+        let task = task.clone();
+        let filling = flight.clone();
+        tokio::spawn(async move { cache.fill(task, index, key, filling).await });
+        Found::Flying(flight)
+    }
+
+    /// Fetches a piece into its flight, then moves it into the LRU.
+    async fn fill(
+        self: Arc<Self>,
+        task: TaskGeometry,
+        index: u64,
+        key: PieceKey,
+        flight: Arc<Flight>,
+    ) {
+        let (offset, len) = task.piece_range(index);
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        debug!(task_id = %task.id, index, offset, len, "fetching piece");
+        let result = self.bounded(&task, offset, len, |chunk| {
+            let landed = {
+                let mut chunks = flight.chunks();
+                chunks.push(chunk);
+                chunks.iter().map(Bytes::len).sum()
+            };
+            flight.progress.send_replace(Progress::Landed(landed));
+        });
+        let result = result.await;
+        let mut inflight = self.lock_inflight();
+        inflight.remove(&key);
+        match result {
+            Ok(()) => {
+                // One exact-size copy: the chunks share tonic's larger
+                // receive buffers, and caching them would pin those.
+                let piece = {
+                    let chunks = flight.chunks();
+                    let total = chunks.iter().map(Bytes::len).sum();
+                    gather(&chunks, 0, total)
+                };
+                if piece.len() as u64 == len {
+                    self.insert(key, piece);
+                }
+                drop(inflight);
+                flight.progress.send_replace(Progress::Done);
+            }
+            Err(errno) => {
+                drop(inflight);
+                flight.progress.send_replace(Progress::Failed(errno));
+            }
+        }
+    }
+
+    /// Bytes `offset..offset + len` straight from the daemon, not cached.
+    pub async fn read_uncached(
+        &self,
+        task: &TaskGeometry,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<Bytes> {
+        let mut out = BytesMut::with_capacity(len as usize);
+        self.bounded(task, offset, len, |chunk| out.extend_from_slice(&chunk))
+            .await?;
+        if out.len() as u64 != len {
+            warn!(task_id = %task.id, offset, got = out.len(), len, "short read; answering EIO");
+            return Err(Errno::EIO);
+        }
+        Ok(out.freeze())
+    }
+
+    /// A range read within the in-flight budget and the fetch timeout;
+    /// each chunk goes to `sink` as it arrives.
+    async fn bounded(
+        &self,
+        task: &TaskGeometry,
+        offset: u64,
+        len: u64,
+        mut sink: impl FnMut(Bytes),
+    ) -> FsResult<()> {
+        let units = u32::try_from(len.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget_units);
+        let _permit = self
+            .budget
+            .acquire_many(units)
+            .await
+            .map_err(|_| Errno::EIO)?;
+        let read = async {
+            let range = ReadRange {
+                offset,
+                length: Some(len),
+            };
+            let mut reader = self
+                .client
+                .read_task(&task.id, range)
+                .await
+                .map_err(Errno::from)?;
+            while let Some((_, chunk)) = reader.next_chunk().await.map_err(Errno::from)? {
+                sink(chunk);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.fetch_timeout, read).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(task_id = %task.id, offset, len, timeout = ?self.fetch_timeout, "daemon read timed out; answering EIO");
+                Err(Errno::EIO)
             }
         }
     }
@@ -177,73 +338,36 @@ impl PieceCache {
         }
     }
 
-    /// Bytes `offset..offset + len` straight from the daemon, not cached.
-    pub async fn read_uncached(
-        &self,
-        task: &TaskGeometry,
-        offset: u64,
-        len: u64,
-    ) -> FsResult<Bytes> {
-        self.fetch_bounded(task, offset, len).await
-    }
-
-    async fn fetch(&self, task: &TaskGeometry, index: u64) -> FsResult<Bytes> {
-        let (offset, len) = task.piece_range(index);
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        debug!(task_id = %task.id, index, offset, len, "fetching piece");
-        self.fetch_bounded(task, offset, len).await
-    }
-
-    /// A range read within the in-flight budget and the fetch timeout.
-    async fn fetch_bounded(&self, task: &TaskGeometry, offset: u64, len: u64) -> FsResult<Bytes> {
-        let units = u32::try_from(len.div_ceil(UNIT))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.budget_units);
-        let _permit = self
-            .budget
-            .acquire_many(units)
-            .await
-            .map_err(|_| Errno::EIO)?;
-        match tokio::time::timeout(self.fetch_timeout, self.fetch_range(task, offset, len)).await {
-            Ok(result) => result,
-            Err(_) => {
-                warn!(task_id = %task.id, offset, len, timeout = ?self.fetch_timeout, "daemon read timed out; answering EIO");
-                Err(Errno::EIO)
-            }
-        }
-    }
-
-    async fn fetch_range(&self, task: &TaskGeometry, offset: u64, len: u64) -> FsResult<Bytes> {
-        let range = ReadRange {
-            offset,
-            length: Some(len),
-        };
-        let mut reader = self
-            .client
-            .read_task(&task.id, range)
-            .await
-            .map_err(Errno::from)?;
-        // One exact-size copy: the chunks share tonic's larger receive
-        // buffers, and caching them would pin those (RSS well past the
-        // cache size).
-        let mut piece = BytesMut::with_capacity(len as usize);
-        while let Some((_, chunk)) = reader.next_chunk().await.map_err(Errno::from)? {
-            piece.extend_from_slice(&chunk);
-        }
-        if piece.len() as u64 != len {
-            warn!(task_id = %task.id, offset, got = piece.len(), len, "short piece; answering EIO");
-            return Err(Errno::EIO);
-        }
-        Ok(piece.freeze())
-    }
-
     fn lock_lru(&self) -> std::sync::MutexGuard<'_, Lru> {
         self.lru.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<PieceKey, Flight>> {
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<PieceKey, Arc<Flight>>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Bytes `from..to` of the concatenation of `chunks` (zero-copy when they
+/// lie in one chunk).
+fn gather(chunks: &[Bytes], from: usize, to: usize) -> Bytes {
+    let mut start = 0;
+    let mut out: Option<BytesMut> = None;
+    for chunk in chunks {
+        let end = start + chunk.len();
+        if end > from && start < to {
+            let (lo, hi) = (from.max(start) - start, to.min(end) - start);
+            if out.is_none() && start <= from && end >= to {
+                return chunk.slice(lo..hi);
+            }
+            out.get_or_insert_with(|| BytesMut::with_capacity(to - from))
+                .extend_from_slice(&chunk[lo..hi]);
+        }
+        if end >= to {
+            break;
+        }
+        start = end;
+    }
+    out.map(BytesMut::freeze).unwrap_or_default()
 }
 
 /// Read-ahead fetches in flight at once (`DFCACHE_PREFETCH_PARALLELISM`
@@ -254,4 +378,35 @@ fn prefetch_parallelism() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gather;
+    use bytes::Bytes;
+
+    #[test]
+    fn gather_matches_the_flat_bytes() {
+        let flat: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let chunks: Vec<Bytes> = [&flat[..1], &flat[1..300], &flat[300..301], &flat[301..]]
+            .iter()
+            .map(|p| Bytes::copy_from_slice(p))
+            .collect();
+        for (from, to) in [
+            (0, 1000),
+            (0, 1),
+            (1, 300),
+            (5, 6),
+            (299, 302),
+            (300, 301),
+            (999, 1000),
+            (7, 7),
+        ] {
+            assert_eq!(
+                &gather(&chunks, from, to)[..],
+                &flat[from..to],
+                "{from}..{to}"
+            );
+        }
+    }
 }

@@ -88,17 +88,23 @@ impl DfcacheFs {
         }
 
         if first == last {
-            let piece = self.cache.get(task, first).await?;
             let start = (offset - first * piece_length) as usize;
-            return Ok(piece.slice(start..start + (end - offset) as usize));
+            return self
+                .cache
+                .read(task, first, start, start + (end - offset) as usize)
+                .await;
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for index in first..=last {
-            let piece = self.cache.get(task, index).await?;
             let piece_start = index * piece_length;
             let from = offset.max(piece_start) - piece_start;
-            let to = end.min(piece_start + piece.len() as u64) - piece_start;
-            out.extend_from_slice(&piece[from as usize..to as usize]);
+            let to = end.min(piece_start + piece_length) - piece_start;
+            out.extend_from_slice(
+                &self
+                    .cache
+                    .read(task, index, from as usize, to as usize)
+                    .await?,
+            );
         }
         Ok(out.freeze())
     }
