@@ -53,10 +53,10 @@ pub fn age(t: Option<prost_types::Timestamp>) -> String {
         return "-".into();
     };
     match SystemTime::now().duration_since(t) {
-        Ok(d) => format!(
+        Ok(d) if d.as_secs() > 0 => format!(
             "{} ago",
             format_duration(std::time::Duration::from_secs(d.as_secs()))
         ),
-        Err(_) => "just now".into(),
+        _ => "just now".into(),
     }
 }
