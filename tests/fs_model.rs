@@ -267,3 +267,48 @@ async fn random_operations_match_the_model() {
         run(seed, 60).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_one_piece_make_one_request() {
+    let daemon = Running::start(ServeOptions::default()).await;
+    let mut rng = Rng(7);
+    let data = rng.bytes(9 * MIB);
+    let id = daemon
+        .client()
+        .write_task(
+            std::io::Cursor::new(data.clone()),
+            None,
+            &ImportOptions::default(),
+            std::sync::Arc::new(dfcache::grpc::client::NoProgress),
+        )
+        .await
+        .unwrap()
+        .task_id;
+    let fs = std::sync::Arc::new(DfcacheFs::new(daemon.client(), config()));
+    let attr = fs.lookup(TASKS_INO, id.as_ref()).await.unwrap();
+    // Eight readers start reading the same cold task at once (sequential
+    // readers: their misses go through the piece cache; a random reader's
+    // miss fetches just its range instead).
+    let mut readers = Vec::new();
+    for i in 0..8u64 {
+        let fs = fs.clone();
+        readers.push(tokio::spawn(async move {
+            let opened = fs.open(attr.ino, false, false).await.unwrap();
+            let offset = 0;
+            let got = fs
+                .read(opened.fh, offset, 4096 * (i as u32 + 1))
+                .await
+                .unwrap();
+            fs.release(opened.fh).await.unwrap();
+            (offset, got)
+        }));
+    }
+    for r in readers {
+        let (offset, got) = r.await.unwrap();
+        assert!(!got.is_empty());
+        assert!(got[..] == data[offset as usize..offset as usize + got.len()]);
+    }
+    // Piece 0 once for all eight, and piece 1 once (read-ahead).
+    assert_eq!(fs.cache().fetch_count(), 2, "one daemon request per piece");
+    daemon.stop().await;
+}
