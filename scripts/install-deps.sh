@@ -13,6 +13,9 @@ command -v mountpoint > /dev/null || need+=(util-linux)
 command -v python3 > /dev/null || need+=(python3)
 command -v rsync > /dev/null || need+=(rsync)
 
+# PyYAML, for the test that parses the README's Kubernetes manifests.
+python3 -c 'import yaml' 2> /dev/null || pip_yaml=1
+
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -22,3 +25,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 command -v cargo > /dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
+
+if [ "${pip_yaml:-0}" = 1 ]; then
+  python3 -m pip install -q pyyaml || { echo "cannot install PyYAML (pip)" >&2; exit 1; }
+fi
