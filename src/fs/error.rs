@@ -18,12 +18,9 @@ impl Errno {
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const EXDEV: Errno = Errno(libc::EXDEV);
     pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
-    pub const EISDIR: Errno = Errno(libc::EISDIR);
     pub const ENODATA: Errno = Errno(libc::ENODATA);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
 }
 
 pub type FsResult<T> = Result<T, Errno>;

@@ -99,13 +99,6 @@ impl Inodes {
         node
     }
 
-    /// Forgets a task that no longer exists.
-    pub fn remove_task(&mut self, id: &str) {
-        if let Some(node) = self.tasks.remove(id) {
-            self.nodes.remove(&node.ino);
-        }
-    }
-
     pub fn import(&self, name: &OsStr) -> Option<Arc<ImportNode>> {
         self.imports.get(name).cloned()
     }

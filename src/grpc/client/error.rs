@@ -26,8 +26,6 @@ pub enum ClientError {
     PermissionDenied { message: String },
     #[error("{message}")]
     AlreadyExists { message: String },
-    #[error("timed out after {0:?}")]
-    Timeout(std::time::Duration),
     #[error("the daemon failed ({code:?}): {message}")]
     Daemon { code: Code, message: String },
     #[error("the daemon sent a malformed response: {0}")]
