@@ -15,7 +15,7 @@ use dfcache::grpc::server::{Emulation, ServeOptions};
 
 mod common;
 
-use common::inproc::Running;
+use common::inproc::{write_bytes, Running};
 
 const MIB: usize = 1 << 20;
 
@@ -261,17 +261,9 @@ async fn many_concurrent_writers_and_readers() {
         // Pairs of writers send the same content at the same time.
         let data = content(3 * MIB + i as usize / 2, i / 2);
         writers.push(tokio::spawn(async move {
-            let summary = client
-                .write_task(
-                    std::io::Cursor::new(data.clone()),
-                    None,
-                    &ImportOptions::default(),
-                    std::sync::Arc::new(NoProgress),
-                )
-                .await
-                .unwrap();
-            assert_eq!(summary.task_id, expected_id(&data));
-            (summary.task_id, data)
+            let id = write_bytes(&client, &data).await;
+            assert_eq!(id, expected_id(&data));
+            (id, data)
         }));
     }
     let mut written = Vec::new();
@@ -353,16 +345,7 @@ async fn thousands_of_small_reads_on_one_connection_keep_working() {
     let d = Running::start(ServeOptions::default()).await;
     let client = d.client();
     let data = content(3 * MIB, 4);
-    let id = client
-        .write_task(
-            std::io::Cursor::new(data.clone()),
-            None,
-            &ImportOptions::default(),
-            std::sync::Arc::new(NoProgress),
-        )
-        .await
-        .unwrap()
-        .task_id;
+    let id = write_bytes(&client, &data).await;
     for i in 0..1500u64 {
         let offset = (i * 7919 * 4096) % (data.len() as u64 - 4096);
         let mut reader = client

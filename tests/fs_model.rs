@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use common::inproc::Running;
+use common::inproc::{write_bytes, Running};
 use dfcache::fs::attr::Owner;
 use dfcache::fs::inodes::{IMPORT_INO, TASKS_INO};
 use dfcache::fs::{DfcacheFs, Errno, FsConfig, TASK_ID_XATTR};
@@ -273,17 +273,7 @@ async fn concurrent_misses_on_one_piece_make_one_request() {
     let daemon = Running::start(ServeOptions::default()).await;
     let mut rng = Rng(7);
     let data = rng.bytes(9 * MIB);
-    let id = daemon
-        .client()
-        .write_task(
-            std::io::Cursor::new(data.clone()),
-            None,
-            &ImportOptions::default(),
-            std::sync::Arc::new(dfcache::grpc::client::NoProgress),
-        )
-        .await
-        .unwrap()
-        .task_id;
+    let id = write_bytes(&daemon.client(), &data).await;
     let fs = std::sync::Arc::new(DfcacheFs::new(daemon.client(), config()));
     let attr = fs.lookup(TASKS_INO, id.as_ref()).await.unwrap();
     // Eight readers start reading the same cold task at once (sequential

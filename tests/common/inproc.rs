@@ -69,3 +69,17 @@ impl Running {
         self.task.take().unwrap().await.unwrap();
     }
 }
+
+/// Streams `data` into a new task with default options; returns its id.
+pub async fn write_bytes(client: &Client, data: &[u8]) -> String {
+    client
+        .write_task(
+            std::io::Cursor::new(data.to_vec()),
+            None,
+            &dfcache::grpc::client::ImportOptions::default(),
+            std::sync::Arc::new(dfcache::grpc::client::NoProgress),
+        )
+        .await
+        .expect("write task")
+        .task_id
+}
