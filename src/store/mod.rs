@@ -9,6 +9,7 @@
 //! place first, metadata last, each fsynced, so a crash at any point leaves
 //! either a whole task or leftovers that `open` removes.
 
+mod direct;
 mod error;
 mod link;
 mod meta;

@@ -6,9 +6,6 @@
 //! at a few chunks whatever the task size. Dropping an unfinished writer
 //! removes its temporary file: a broken stream leaves nothing behind.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::store::direct::ContentSink;
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::piece::{default_piece_length, MIN_PIECE_LENGTH};
 use crate::store::task_id::{TaskIdHasher, TaskIdInputs};
@@ -25,8 +23,6 @@ use crate::store::{Store, TaskMeta};
 pub const MAX_REQUESTED_PIECE_LENGTH: u64 = 1 << 30;
 /// Chunks queued per worker thread before the stream is slowed down.
 const QUEUE_DEPTH: usize = 4;
-/// Start writeback every this many bytes, so the final fsync has little left.
-const WRITEBACK_EVERY: u64 = 32 << 20;
 /// TTL of a task whose writer did not give one (dfcache's default).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
@@ -65,7 +61,7 @@ pub struct TaskWriter {
     hash_tx: Option<mpsc::Sender<Bytes>>,
     file_tx: Option<mpsc::Sender<Bytes>>,
     hash_thread: Option<JoinHandle<TaskIdHasher>>,
-    file_thread: Option<JoinHandle<std::io::Result<File>>>,
+    file_thread: Option<JoinHandle<std::io::Result<ContentSink>>>,
     written: u64,
     finished: bool,
 }
@@ -77,7 +73,7 @@ impl TaskWriter {
         temp_path: PathBuf,
     ) -> StoreResult<Self> {
         params.validate()?;
-        let file = File::create(&temp_path)
+        let file = ContentSink::create(&temp_path)
             .map_err(|e| StoreError::io(format!("create {}", temp_path.display()), e))?;
         let inputs = TaskIdInputs {
             tag: params.tag.clone(),
@@ -179,8 +175,8 @@ impl TaskWriter {
         committed
     }
 
-    /// Closes the queues, waits for both workers, fsyncs the file and
-    /// returns the task id.
+    /// Closes the queues, waits for both workers, flushes and fsyncs the
+    /// file and returns the task id.
     async fn finish_workers(&mut self) -> StoreResult<String> {
         self.hash_tx.take();
         self.file_tx.take();
@@ -199,15 +195,15 @@ impl TaskWriter {
                 std::io::Error::other("worker thread died"),
             )
         };
-        let file = file.ok_or_else(worker_died)?.map_err(|_| worker_died())?;
-        let file =
-            file.map_err(|e| StoreError::io(format!("write {}", self.temp_path.display()), e))?;
+        let sink = file.ok_or_else(worker_died)?.map_err(|_| worker_died())?;
+        let sink =
+            sink.map_err(|e| StoreError::io(format!("write {}", self.temp_path.display()), e))?;
         let hasher = hasher.ok_or_else(worker_died)?.map_err(|_| worker_died())?;
         let temp = self.temp_path.clone();
-        tokio::task::spawn_blocking(move || file.sync_all())
+        tokio::task::spawn_blocking(move || sink.finish())
             .await
             .map_err(|e| StoreError::io("fsync", std::io::Error::other(e)))?
-            .map_err(|e| StoreError::io(format!("fsync {}", temp.display()), e))?;
+            .map_err(|e| StoreError::io(format!("flush and fsync {}", temp.display()), e))?;
         Ok(hasher.finish())
     }
 }
@@ -241,31 +237,14 @@ fn hash_loop(mut hasher: TaskIdHasher, mut rx: mpsc::Receiver<Bytes>) -> TaskIdH
     hasher
 }
 
-fn write_loop(mut file: File, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result<File> {
-    let mut written: u64 = 0;
-    let mut flushed: u64 = 0;
+/// Writes every chunk; the caller finishes the sink only when the task is
+/// complete, so an aborted write never pays for an fsync.
+fn write_loop(
+    mut sink: ContentSink,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> std::io::Result<ContentSink> {
     while let Some(chunk) = rx.blocking_recv() {
-        file.write_all(&chunk)?;
-        written += chunk.len() as u64;
-        if written - flushed >= WRITEBACK_EVERY {
-            start_writeback(&file, flushed, written - flushed);
-            flushed = written;
-        }
+        sink.write(&chunk)?;
     }
-    Ok(file)
-}
-
-/// Asks the kernel to start writing a range back now (no wait), so the
-/// fsync on finish does not have the whole file to flush at once.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    // SAFETY: sync_file_range only reads its integer arguments; the fd is
-    // valid for the lifetime of `file`. A failure only loses the hint.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
+    Ok(sink)
 }
