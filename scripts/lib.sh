@@ -14,10 +14,26 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # settle: flush dirty pages so one measurement's writeback does not land on
-# the next; with COLD=1 also drop the page cache.
+# the next; with COLD=1 also drop the page cache. Then give every step the
+# same memory to start from (see fresh_memory).
 settle() {
   sync
   if [ "${COLD:-0}" = 1 ]; then echo 3 > /proc/sys/vm/drop_caches; fi
+  fresh_memory
+}
+
+# fresh_memory: touch and free FRESH (default 5 GiB) of memory just before
+# a timed step. These VMs report free memory to the host at once
+# (virtio-balloon free page reporting, /sys/module/page_reporting), and a
+# reported page costs a host fault when touched again: the same 2 GiB cp
+# took 1.2 s or 6 s depending on what the previous step had freed. Freeing
+# recently touched memory right before each step makes the baseline and
+# the measured command start alike. FRESH=0 turns it off.
+fresh_memory() {
+  local size="${FRESH:-5G}"
+  [ "$size" = 0 ] && return 0
+  head -c "$size" /dev/zero > /dev/shm/dfcache-bench-fresh
+  rm -f /dev/shm/dfcache-bench-fresh
 }
 
 # start_daemon DIR: runs the release `dfcache serve` on DIR/d.sock with its

@@ -6,6 +6,7 @@
 mod error;
 mod legacy;
 mod read;
+mod source;
 mod write;
 
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@ use crate::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as 
 use crate::grpc::pb::dfdaemon::*;
 use crate::store::duration_to_proto;
 
+use super::source::Source;
 use super::{Client, ClientError, ClientResult, ImportOptions, Progress};
 
 /// Size of the chunks sent (LIMITS.md: 1 MiB beats 4 MiB once frames are large).
@@ -112,19 +113,22 @@ impl Client {
         progress: Arc<dyn Progress>,
     ) -> ClientResult<WriteSummary> {
         if stream && !self.is_legacy() {
-            let file = tokio::fs::File::open(local)
-                .await
+            let source = Source::open(local)
                 .map_err(|e| ClientError::io(format!("open {}", local.display()), e))?;
-            let meta = file
+            let meta = source
                 .metadata()
-                .await
                 .map_err(|e| ClientError::io(format!("stat {}", local.display()), e))?;
             // A pipe or device has no size to announce.
             let len = Some(meta.len()).filter(|_| meta.is_file());
             if let Some(len) = len {
                 progress.set_total(len);
             }
-            match self.write_task(file, len, options, progress.clone()).await {
+            let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+            std::thread::Builder::new()
+                .name("dfcache-read".into())
+                .spawn(move || source.send_chunks(tx))
+                .map_err(|e| ClientError::io("start the reader thread", e))?;
+            match self.write_chunks(rx, len, options, progress.clone()).await {
                 Err(ClientError::Daemon {
                     code: Code::Unimplemented,
                     ..
