@@ -71,6 +71,7 @@ fn config() -> FsConfig {
         import: ImportOptions::default(),
         fetch_timeout: Duration::from_secs(30),
         negative_ttl: Duration::from_secs(5),
+        task_cache_size: 1 << 30,
         owner: Owner { uid: 0, gid: 0 },
     }
 }

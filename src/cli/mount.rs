@@ -47,9 +47,15 @@ pub struct MountArgs {
     /// Let other users use the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// A piece fetch that takes longer fails the read with EIO.
+    /// A piece fetch that takes longer fails the read with EIO (from a
+    /// daemon without range reads: a download that long without progress).
     #[arg(long, value_parser = parse_timeout, default_value = "30s")]
     pub fetch_timeout: Duration,
+    /// Disk space for whole tasks downloaded from a daemon without range
+    /// reads (a released dfdaemon), kept in the spool directory and
+    /// evicted least recently used, task by task.
+    #[arg(long, value_parser = parse_size, default_value = "10gib", env = "DFCACHE_TASK_CACHE_SIZE")]
+    pub task_cache_size: u64,
     /// Threads reading kernel requests.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -112,6 +118,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         import: args.task.import_options(None),
         fetch_timeout: args.fetch_timeout,
         negative_ttl: Duration::from_secs(5),
+        task_cache_size: args.task_cache_size,
         owner,
     };
     let fs = Arc::new(DfcacheFs::new(client, config));

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// streaming without dfcache's extensions). For compatibility tests.
     #[arg(long, value_parser = ["2.1.12"], hide = true)]
     pub emulate_api: Option<String>,
+    /// With --legacy: deliver export pieces in order, each after this
+    /// delay (a slow P2P download). For tests.
+    #[arg(long, value_parser = parse_timeout, requires = "legacy", hide = true)]
+    pub legacy_piece_delay: Option<Duration>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -54,6 +58,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         socket_mode: args.socket_mode,
         gc_interval: args.gc_interval,
         emulate,
+        legacy_piece_delay: args.legacy_piece_delay,
     };
     serve(store, &args.socket, options, shutdown_signal())
         .await

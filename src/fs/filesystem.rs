@@ -23,6 +23,7 @@ use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
 use crate::fs::piece_cache::{PieceCache, TaskGeometry};
 use crate::fs::readahead::Readahead;
+use crate::fs::task_files::TaskFiles;
 use crate::grpc::client::{Client, ImportOptions};
 use crate::mapping::PathMapper;
 use crate::store::piece::default_piece_length;
@@ -51,6 +52,9 @@ pub struct FsConfig {
     pub fetch_timeout: Duration,
     /// How long an unknown task id is remembered as unknown.
     pub negative_ttl: Duration,
+    /// Disk bytes for whole-task downloads from a daemon without range
+    /// reads (in the spool directory, else the system's temp directory).
+    pub task_cache_size: u64,
     pub owner: Owner,
 }
 
@@ -82,6 +86,7 @@ pub struct DfcacheFs {
     pub(crate) config: FsConfig,
     pub(crate) inodes: Mutex<Inodes>,
     pub(crate) cache: Arc<PieceCache>,
+    pub(crate) task_files: TaskFiles,
     pub(crate) handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_handle: AtomicU64,
     /// Task ids recently found unknown, so repeated lookups of a wrong id
@@ -108,11 +113,18 @@ impl DfcacheFs {
             inflight,
             config.fetch_timeout,
         ));
+        let task_files = TaskFiles::new(
+            client.clone(),
+            config.spool.clone().unwrap_or_else(std::env::temp_dir),
+            config.task_cache_size,
+            config.fetch_timeout,
+        );
         Self {
             client,
             config,
             inodes: Mutex::new(Inodes::default()),
             cache,
+            task_files,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             negative: Mutex::new(HashMap::new()),

@@ -6,6 +6,7 @@
 //!   async methods returning values or errnos;
 //! - `inodes.rs`, `import.rs`: the inode table and the import state machine;
 //! - `piece_cache.rs`, `readahead.rs`: the piece LRU and read-ahead policy;
+//! - `task_files.rs`: whole-task downloads, for daemons without range reads;
 //! - `mount.rs`: mounting, stale mounts, the sysfs read-ahead lever.
 
 pub mod attr;
@@ -18,6 +19,7 @@ pub mod mount;
 pub mod piece_cache;
 pub mod read;
 pub mod readahead;
+pub mod task_files;
 pub mod write;
 
 pub use error::{Errno, FsResult};

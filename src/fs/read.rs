@@ -77,6 +77,10 @@ impl DfcacheFs {
         if offset >= end {
             return Ok(Bytes::new());
         }
+        if self.client.is_legacy() {
+            // No range reads on this daemon: whole-task downloads instead.
+            return self.task_files.read(task, offset, end).await;
+        }
         let piece_length = task.piece_length;
         let (first, last) = (offset / piece_length, (end - 1) / piece_length);
         let window = self.read_ahead(task, readahead, offset, end, last);

@@ -35,6 +35,9 @@ pub struct ServeOptions {
     pub gc_interval: Duration,
     /// Which published daemon to behave like.
     pub emulate: Emulation,
+    /// Legacy only: deliver download pieces in order, each after this
+    /// delay, instead of out of order (a slow in-order P2P download).
+    pub legacy_piece_delay: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -43,6 +46,7 @@ impl Default for ServeOptions {
             socket_mode: DEFAULT_SOCKET_MODE,
             gc_interval: Duration::from_secs(60),
             emulate: Emulation::Current,
+            legacy_piece_delay: None,
         }
     }
 }
@@ -76,7 +80,7 @@ pub async fn serve(
         .max_frame_size(GRPC_FRAME_SIZE)
         .initial_stream_window_size(GRPC_STREAM_WINDOW)
         .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
-        .add_service(service(store, options.emulate))
+        .add_service(service(store, &options))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
@@ -88,10 +92,14 @@ pub async fn serve(
 }
 
 /// The tonic service, with message limits raised for 1 MiB chunks.
-pub fn service(store: Store, emulate: Emulation) -> DfdaemonDownloadServer<Daemon> {
-    DfdaemonDownloadServer::new(Daemon { store, emulate })
-        .max_decoding_message_size(GRPC_MAX_MESSAGE)
-        .max_encoding_message_size(GRPC_MAX_MESSAGE)
+pub fn service(store: Store, options: &ServeOptions) -> DfdaemonDownloadServer<Daemon> {
+    DfdaemonDownloadServer::new(Daemon {
+        store,
+        emulate: options.emulate,
+        legacy_piece_delay: options.legacy_piece_delay,
+    })
+    .max_decoding_message_size(GRPC_MAX_MESSAGE)
+    .max_encoding_message_size(GRPC_MAX_MESSAGE)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +120,7 @@ pub enum ServeError {
 pub struct Daemon {
     store: Store,
     emulate: Emulation,
+    legacy_piece_delay: Option<Duration>,
 }
 
 impl Daemon {
@@ -187,7 +196,10 @@ impl DfdaemonDownload for Daemon {
         request: Request<DownloadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
         let order = match self.emulate {
-            Emulation::Legacy => download::PieceOrder::Scrambled,
+            Emulation::Legacy => match self.legacy_piece_delay {
+                Some(delay) => download::PieceOrder::Paced(delay),
+                None => download::PieceOrder::Scrambled,
+            },
             _ => download::PieceOrder::InOrder,
         };
         download::handle(&self.store, request.into_inner(), order)

@@ -9,5 +9,6 @@ mod harness;
 mod concurrency;
 mod failures;
 mod import;
+mod legacy_reads;
 mod misc;
 mod read;

@@ -232,7 +232,10 @@ impl Client {
             Err(ClientError::Daemon {
                 code: Code::Unimplemented,
                 ..
-            }) => Ok(false),
+            }) => {
+                self.fall_back("ReadPersistentCacheTask");
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

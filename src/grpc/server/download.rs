@@ -37,12 +37,15 @@ pub enum PieceOrder {
     /// interleaved from both ends, so no piece arrives where a sequential
     /// writer would expect it.
     Scrambled,
+    /// In order, each piece after this delay: a slow P2P download, to show
+    /// readers are served before the last piece lands.
+    Paced(std::time::Duration),
 }
 
 impl PieceOrder {
     fn sequence(self, count: u32) -> Vec<u32> {
         match self {
-            PieceOrder::InOrder => (0..count).collect(),
+            PieceOrder::InOrder | PieceOrder::Paced(_) => (0..count).collect(),
             PieceOrder::Scrambled => {
                 let (mut lo, mut hi) = (0i64, i64::from(count) - 1);
                 let mut out = Vec::with_capacity(count as usize);
@@ -148,6 +151,9 @@ async fn run(
         return Ok(());
     }
     for number in order.sequence(meta.piece_count()) {
+        if let PieceOrder::Paced(delay) = order {
+            tokio::time::sleep(delay).await;
+        }
         let offset = u64::from(number) * meta.piece_length;
         let length = meta.piece_length.min(meta.content_length - offset);
         let content = read_at(file.clone(), offset, length as usize)
