@@ -140,7 +140,8 @@ impl Client {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::Unimplemented => Err(ClientError::Unsupported {
                 socket: self.socket.clone(),
-                what: "deleting tasks",
+                what: "deleting tasks through this socket (its download service has no \
+                       delete; the task expires with its TTL)",
             }),
             Err(s) => Err(self.error(s, Some(task_id))),
         }
