@@ -230,10 +230,17 @@ async fn daemon_writes_export(
     let name = output
         .file_name()
         .ok_or_else(|| anyhow!("{} names no file", output.display()))?;
-    let daemon_output = args
-        .transfer
-        .path_mapping
-        .to_host(&real_parent.join(name))?;
+    let literal = real_parent.join(name);
+    let daemon_output = args.transfer.path_mapping.to_host(&literal)?;
+    // A daemon may follow a symlink at the output path: where it leads
+    // must be under a mapped prefix too, or a link out of a mapped volume
+    // would smuggle a host path past the mapping.
+    if let Some(target) = symlink_destination(&literal)? {
+        args.transfer
+            .path_mapping
+            .to_host(&target)
+            .with_context(|| format!("{} is a symbolic link", output.display()))?;
+    }
     let digest = args.digest.as_ref().map(Digest::to_string);
     let mut pieces = client
         .download_task(
@@ -254,6 +261,34 @@ async fn daemon_writes_export(
         );
     }
     Ok(())
+}
+
+/// Where the symlink at `path` leads (followed to its end, and resolved
+/// even when it dangles), or None when `path` is no symlink.
+fn symlink_destination(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    const MAX_LINKS: usize = 40;
+    let mut current = path.to_path_buf();
+    for hops in 0..MAX_LINKS {
+        let Ok(target) = std::fs::read_link(&current) else {
+            return Ok((hops > 0).then_some(current));
+        };
+        let next = current
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no directory", current.display()))?
+            .join(target);
+        let (Some(dir), Some(name)) = (next.parent(), next.file_name()) else {
+            bail!(
+                "{} leads to {}, which names no file",
+                path.display(),
+                next.display()
+            );
+        };
+        let dir = std::fs::canonicalize(dir).with_context(|| {
+            format!("resolve {} (where {} leads)", dir.display(), path.display())
+        })?;
+        current = dir.join(name);
+    }
+    bail!("{}: too many levels of symbolic links", path.display())
 }
 
 fn check_coverage(pieces: &std::collections::BTreeMap<u64, u64>, total: u64) -> anyhow::Result<()> {
