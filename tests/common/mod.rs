@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod inproc;
+pub mod ns;
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -30,9 +31,26 @@ impl Daemon {
     }
 
     pub fn start_with(root: &Path, extra: &[&str]) -> Daemon {
+        Self::start_in(root, &[], extra)
+    }
+
+    /// Like `start_with`, with the daemon's command line appended to
+    /// `wrapper` (e.g. `unshare -m ... sh -c '... && exec "$0" "$@"'`), so
+    /// it runs in whatever the wrapper sets up. The wrapper must end by
+    /// exec-ing the command, so that the child's pid is the daemon's (which
+    /// `Drop` signals). An empty wrapper runs the daemon directly.
+    pub fn start_in(root: &Path, wrapper: &[&str], extra: &[&str]) -> Daemon {
         let socket = root.join("d.sock");
         let dir = root.join("store");
-        let child = Command::new(bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .args(["serve", "--socket"])
             .arg(&socket)
             .arg("--dir")

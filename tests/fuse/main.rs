@@ -9,6 +9,7 @@ mod harness;
 mod concurrency;
 mod failures;
 mod import;
+mod legacy;
 mod legacy_reads;
 mod misc;
 mod read;
