@@ -272,7 +272,16 @@ impl DfcacheFs {
                 Arc::new(NoProgress),
             )
             .await
-            .map_err(Errno::from);
+            .map_err(|e| {
+                let errno = Errno::from(&e);
+                if errno != Errno::EIO {
+                    // EIO was logged with its cause already; the others
+                    // (a path the daemon cannot open: check --path-mapping)
+                    // would reach the user as a bare errno.
+                    warn!(path = %spool.path.display(), error = %e, "upload of the spool file failed");
+                }
+                errno
+            });
         spool.discard();
         Ok(Finished::from(result?))
     }
