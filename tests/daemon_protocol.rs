@@ -368,3 +368,33 @@ async fn thousands_of_small_reads_on_one_connection_keep_working() {
     }
     d.stop().await;
 }
+
+#[tokio::test]
+async fn legacy_daemon_reports_unknown_tasks_as_released_dfdaemon_does() {
+    // Released dfdaemon answers INTERNAL "... not found", not NOT_FOUND; the
+    // emulation must too, and the client must still call it not found.
+    let d = Running::start(ServeOptions {
+        emulate: Emulation::Legacy,
+        ..Default::default()
+    })
+    .await;
+    let unknown = "b".repeat(64);
+    let status = d
+        .raw()
+        .stat_persistent_cache_task(StatPersistentCacheTaskRequest {
+            task_id: unknown.clone(),
+            remote_ip: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        status.message().contains("not found"),
+        "{}",
+        status.message()
+    );
+    let err = d.client().stat(&unknown).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOENT, "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    d.stop().await;
+}

@@ -132,6 +132,21 @@ impl Daemon {
         }
         Ok(())
     }
+
+    /// Released dfdaemon (1.5.10) reports an unknown task as INTERNAL with
+    /// "not found" in the message, not NOT_FOUND; the legacy emulation
+    /// does the same so the client's handling of it is tested.
+    fn as_released(&self, status: Status) -> Status {
+        if self.emulate == Emulation::Legacy && status.code() == tonic::Code::NotFound {
+            let message = status.message();
+            return Status::internal(if message.contains("not found") {
+                message.to_string()
+            } else {
+                format!("{message}: not found")
+            });
+        }
+        status
+    }
 }
 
 pub(crate) fn status_of(err: StoreError) -> Status {
@@ -205,6 +220,7 @@ impl DfdaemonDownload for Daemon {
         download::handle(&self.store, request.into_inner(), order)
             .await
             .map(Response::new)
+            .map_err(|s| self.as_released(s))
     }
 
     async fn upload_persistent_cache_task(
@@ -252,7 +268,7 @@ impl DfdaemonDownload for Daemon {
         let meta = self
             .store
             .get(&request.into_inner().task_id)
-            .map_err(status_of)?;
+            .map_err(|e| self.as_released(status_of(e)))?;
         Ok(Response::new(meta.to_proto()))
     }
 
@@ -263,7 +279,7 @@ impl DfdaemonDownload for Daemon {
         let meta = self
             .store
             .get(&request.into_inner().task_id)
-            .map_err(status_of)?;
+            .map_err(|e| self.as_released(status_of(e)))?;
         Ok(Response::new(stat_local(&meta)))
     }
 
