@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use super::{bin, Daemon};
 
@@ -58,18 +57,10 @@ impl Split {
     /// The wrapper for `Daemon::start_in`: a private mount namespace with an
     /// empty tmpfs over the container directory, then exec of the daemon.
     pub fn daemon_wrapper(&self) -> Vec<String> {
-        vec![
-            "unshare".into(),
-            "-m".into(),
-            "--propagation".into(),
-            "private".into(),
-            "sh".into(),
-            "-c".into(),
-            format!(
-                "mount -t tmpfs none {} && exec \"$0\" \"$@\"",
-                sh_quote(&self.container)
-            ),
-        ]
+        unshare_then(&format!(
+            "mount -t tmpfs none {}",
+            sh_quote(&self.container)
+        ))
     }
 
     /// A `dfcache serve` (with `extra` flags) in the host's namespace, on
@@ -105,19 +96,11 @@ impl Split {
     /// The `unshare ... sh -c '...; exec "$0" "$@"'` prefix that enters a
     /// new container namespace and then execs what follows it.
     pub fn container_prefix(&self) -> Vec<String> {
-        vec![
-            "unshare".into(),
-            "-m".into(),
-            "--propagation".into(),
-            "private".into(),
-            "sh".into(),
-            "-c".into(),
-            format!(
-                "mount --bind {h} {c} && mount -t tmpfs none {h} && exec \"$0\" \"$@\"",
-                h = sh_quote(&self.host),
-                c = sh_quote(&self.container)
-            ),
-        ]
+        unshare_then(&format!(
+            "mount --bind {h} {c} && mount -t tmpfs none {h}",
+            h = sh_quote(&self.host),
+            c = sh_quote(&self.container)
+        ))
     }
 
     /// `sh -c script` in a new container namespace.
@@ -244,20 +227,7 @@ impl Guard {
 
     /// SIGTERM, up to 10 s for it to exit, then SIGKILL.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        super::terminate(self.child.take()?)
     }
 }
 
@@ -265,6 +235,23 @@ impl Drop for Guard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A command prefix: a new private mount namespace where `mounts` (a sh
+/// command) runs and then the program after the prefix is exec'd.
+fn unshare_then(mounts: &str) -> Vec<String> {
+    let script = format!("{mounts} && exec \"$0\" \"$@\"");
+    [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// `p` in single quotes for sh.
