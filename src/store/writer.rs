@@ -1,19 +1,29 @@
 //! A task being written: content streams to a temporary file while it is
 //! hashed; only `finish` makes it a task (fsync, then rename into place).
 //!
-//! Hashing and file writes run on two threads of their own, fed by bounded
-//! channels, so a stream is hashed and written in parallel and memory stays
-//! at a few chunks whatever the task size. Dropping an unfinished writer
-//! removes its temporary file: a broken stream leaves nothing behind.
+//! Two threads of its own do the work, so memory stays at a few chunks and
+//! two blocks whatever the task size:
+//! - the stage thread hashes each chunk and, while the chunk is still in
+//!   the CPU's cache, copies it into an aligned block;
+//! - the write thread writes full blocks to the disk (`O_DIRECT`, see
+//!   [`ContentSink`]) and hands them back.
+//!
+//! With two blocks the next one fills while the previous one is written, so
+//! the disk's latency never stalls the hashing. Large blocks matter on a
+//! disk shared with the reads of the file being imported (`fio`, 2 GiB read
+//! and written at once: 4 MiB requests 2.7 s, 16 MiB 1.8-2.0 s). Dropping
+//! an unfinished writer removes its temporary file: a broken stream leaves
+//! nothing behind.
 
 use std::path::PathBuf;
+use std::sync::mpsc as blocking;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::store::direct::ContentSink;
+use crate::store::direct::{AlignedBuf, ContentSink};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::piece::{default_piece_length, MIN_PIECE_LENGTH};
 use crate::store::task_id::{TaskIdHasher, TaskIdInputs};
@@ -21,8 +31,12 @@ use crate::store::{Store, TaskMeta};
 
 /// Largest piece length a client may ask for: pieces are cached whole.
 pub const MAX_REQUESTED_PIECE_LENGTH: u64 = 1 << 30;
-/// Chunks queued per worker thread before the stream is slowed down.
+/// Chunks queued for the stage thread before the stream is slowed down.
 const QUEUE_DEPTH: usize = 4;
+/// Bytes per disk write.
+const STAGE_BLOCK: usize = 16 << 20;
+/// Blocks per writer: one filling while the other is being written.
+const STAGE_BLOCKS: usize = 2;
 /// TTL of a task whose writer did not give one (dfcache's default).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
@@ -58,9 +72,8 @@ pub struct TaskWriter {
     store: Store,
     params: WriteParams,
     temp_path: PathBuf,
-    hash_tx: Option<mpsc::Sender<Bytes>>,
-    file_tx: Option<mpsc::Sender<Bytes>>,
-    hash_thread: Option<JoinHandle<TaskIdHasher>>,
+    chunk_tx: Option<mpsc::Sender<Bytes>>,
+    stage_thread: Option<JoinHandle<TaskIdHasher>>,
     file_thread: Option<JoinHandle<std::io::Result<ContentSink>>>,
     written: u64,
     finished: bool,
@@ -81,19 +94,21 @@ impl TaskWriter {
             piece_length: params.piece_length,
             content_for_calculating_task_id: params.content_for_calculating_task_id.clone(),
         };
-        let (hash_tx, hash_rx) = mpsc::channel(QUEUE_DEPTH);
-        let (file_tx, file_rx) = mpsc::channel(QUEUE_DEPTH);
-        let hash_thread = spawn_named("dfcache-hash", move || {
-            hash_loop(TaskIdHasher::new(inputs), hash_rx)
+        let (chunk_tx, chunk_rx) = mpsc::channel(QUEUE_DEPTH);
+        // Both hold every block at most once, so sends never wait.
+        let (full_tx, full_rx) = blocking::sync_channel(STAGE_BLOCKS);
+        let (empty_tx, empty_rx) = blocking::sync_channel(STAGE_BLOCKS);
+        let stage_thread = spawn_named("dfcache-hash", move || {
+            stage_loop(TaskIdHasher::new(inputs), chunk_rx, full_tx, empty_rx)
         })?;
-        let file_thread = spawn_named("dfcache-write", move || write_loop(file, file_rx))?;
+        let file_thread =
+            spawn_named("dfcache-write", move || write_loop(file, full_rx, empty_tx))?;
         Ok(Self {
             store,
             params,
             temp_path,
-            hash_tx: Some(hash_tx),
-            file_tx: Some(file_tx),
-            hash_thread: Some(hash_thread),
+            chunk_tx: Some(chunk_tx),
+            stage_thread: Some(stage_thread),
             file_thread: Some(file_thread),
             written: 0,
             finished: false,
@@ -117,11 +132,10 @@ impl TaskWriter {
                 )));
             }
         }
-        let (Some(hash_tx), Some(file_tx)) = (&self.hash_tx, &self.file_tx) else {
+        let Some(chunk_tx) = &self.chunk_tx else {
             return Err(StoreError::InvalidArgument("write after finish".into()));
         };
-        let sent = hash_tx.send(chunk.clone()).await.is_ok() && file_tx.send(chunk).await.is_ok();
-        if !sent {
+        if chunk_tx.send(chunk).await.is_err() {
             // A worker stopped: its error comes out of finish_workers.
             return Err(self.finish_workers().await.err().unwrap_or_else(|| {
                 StoreError::io(
@@ -178,12 +192,11 @@ impl TaskWriter {
     /// Closes the queues, waits for both workers, flushes and fsyncs the
     /// file and returns the task id.
     async fn finish_workers(&mut self) -> StoreResult<String> {
-        self.hash_tx.take();
-        self.file_tx.take();
-        let hash_thread = self.hash_thread.take();
+        self.chunk_tx.take();
+        let stage_thread = self.stage_thread.take();
         let file_thread = self.file_thread.take();
         let (hasher, file) = tokio::task::spawn_blocking(move || {
-            let hasher = hash_thread.map(|t| t.join());
+            let hasher = stage_thread.map(|t| t.join());
             let file = file_thread.map(|t| t.join());
             (hasher, file)
         })
@@ -211,10 +224,9 @@ impl TaskWriter {
 impl Drop for TaskWriter {
     fn drop(&mut self) {
         if !self.finished {
-            // Closing the queues ends the workers; the unlinked file goes
+            // Closing the queue ends the workers; the unlinked file goes
             // away when the write thread drops it.
-            self.hash_tx.take();
-            self.file_tx.take();
+            self.chunk_tx.take();
             let _ = std::fs::remove_file(&self.temp_path);
         }
     }
@@ -230,21 +242,58 @@ fn spawn_named<T: Send + 'static>(
         .map_err(|e| StoreError::io("spawn writer thread", e))
 }
 
-fn hash_loop(mut hasher: TaskIdHasher, mut rx: mpsc::Receiver<Bytes>) -> TaskIdHasher {
-    while let Some(chunk) = rx.blocking_recv() {
+/// Hashes every chunk and stages it into blocks for the write thread; the
+/// last, partial block goes when the chunks end. Stops early when the write
+/// thread has failed (its error is what the writer reports).
+fn stage_loop(
+    mut hasher: TaskIdHasher,
+    mut chunks: mpsc::Receiver<Bytes>,
+    full: blocking::SyncSender<AlignedBuf>,
+    empty: blocking::Receiver<AlignedBuf>,
+) -> TaskIdHasher {
+    let mut allocated = 1;
+    let mut block = AlignedBuf::new(STAGE_BLOCK);
+    while let Some(chunk) = chunks.blocking_recv() {
+        // Hash first: the copy then reads the chunk from the CPU's cache.
         hasher.update(&chunk);
+        let mut data = &chunk[..];
+        while !data.is_empty() {
+            data = &data[block.fill(data)..];
+            if block.is_full() {
+                let next = if allocated < STAGE_BLOCKS {
+                    allocated += 1;
+                    AlignedBuf::new(STAGE_BLOCK)
+                } else {
+                    match empty.recv() {
+                        Ok(next) => next,
+                        Err(_) => return hasher,
+                    }
+                };
+                if full.send(std::mem::replace(&mut block, next)).is_err() {
+                    return hasher;
+                }
+            }
+        }
+    }
+    if !block.is_empty() {
+        let _ = full.send(block);
     }
     hasher
 }
 
-/// Writes every chunk; the caller finishes the sink only when the task is
-/// complete, so an aborted write never pays for an fsync.
+/// Writes every block and hands it back for reuse; the caller finishes the
+/// sink only when the task is complete, so an aborted write never pays for
+/// an fsync.
 fn write_loop(
     mut sink: ContentSink,
-    mut rx: mpsc::Receiver<Bytes>,
+    full: blocking::Receiver<AlignedBuf>,
+    empty: blocking::SyncSender<AlignedBuf>,
 ) -> std::io::Result<ContentSink> {
-    while let Some(chunk) = rx.blocking_recv() {
-        sink.write(&chunk)?;
+    for mut block in full {
+        sink.append(&block)?;
+        block.clear();
+        // The stage thread is gone once it has sent its last block.
+        let _ = empty.send(block);
     }
     Ok(sink)
 }
