@@ -14,12 +14,17 @@
 //!
 //! Small files, and file systems that refuse `O_DIRECT`, are read through
 //! the page cache as usual.
+//!
+//! Blocks are reused once every chunk cut from them has been sent: a fresh
+//! 16 MiB block per read cost a memset and new pages, a fifth of the
+//! client's CPU on a cold 2 GiB import.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -34,6 +39,9 @@ const DIRECT_MIN: u64 = 64 << 20;
 const BLOCK: usize = 16 << 20;
 /// Alignment `O_DIRECT` needs for buffer, offset and length.
 const ALIGN: usize = 4096;
+/// Spare blocks kept for reuse: about as many as are in flight at once
+/// (the one being read, the queued chunks', the one being sent).
+const SPARE_BLOCKS: usize = 4;
 
 /// A file opened for streaming: always a normal descriptor, and a direct
 /// one when the file is large and its file system allows it.
@@ -42,6 +50,35 @@ pub(super) struct Source {
     direct: Option<File>,
     /// A pipe or device is read in order; only regular files by offset.
     positional: bool,
+    spare: Spare,
+}
+
+/// Blocks whose chunks have all been sent, ready for the next read.
+type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// A block read from the file; the chunks cut from it share it, and the
+/// last one dropped gives its storage back to the spares.
+struct Block {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+    spare: Spare,
+}
+
+impl AsRef<[u8]> for Block {
+    fn as_ref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Ok(mut spare) = self.spare.lock() {
+            if spare.len() < SPARE_BLOCKS {
+                spare.push(std::mem::take(&mut self.storage));
+            }
+        }
+    }
 }
 
 impl Source {
@@ -61,6 +98,7 @@ impl Source {
             buffered,
             direct,
             positional: meta.is_file(),
+            spare: Spare::default(),
         })
     }
 
@@ -100,7 +138,8 @@ impl Source {
     fn read_block(&mut self, offset: u64) -> std::io::Result<Bytes> {
         // Over-allocate by one alignment and use the aligned part: no unsafe
         // allocation, and `Bytes::slice` hands that part out uncopied.
-        let mut storage = vec![0u8; BLOCK + ALIGN];
+        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
+        let mut storage = spare.unwrap_or_else(|| vec![0u8; BLOCK + ALIGN]);
         let start = storage.as_ptr().align_offset(ALIGN);
         let buf = &mut storage[start..start + BLOCK];
         let filled = match &self.direct {
@@ -121,7 +160,12 @@ impl Source {
                 Err(e) => return Err(e),
             },
         };
-        Ok(Bytes::from(storage).slice(start..start + filled))
+        Ok(Bytes::from_owner(Block {
+            storage,
+            start,
+            len: filled,
+            spare: self.spare.clone(),
+        }))
     }
 }
 
