@@ -3,9 +3,11 @@
 //! - [`grpc`]: the wire contract, the client, the embedded daemon's server;
 //! - [`store`]: the embedded daemon's on-disk task store;
 //! - [`mapping`]: container/host path mapping;
-//! - [`digest`]: export digests.
+//! - [`digest`]: export digests;
+//! - [`direct_io`]: reads and writes around the page cache.
 
 pub mod digest;
+pub mod direct_io;
 pub mod fs;
 pub mod grpc;
 pub mod mapping;

@@ -16,9 +16,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-/// Alignment `O_DIRECT` needs for buffer, offset and length (covers 512-byte
-/// and 4 KiB logical blocks).
-pub const ALIGN: usize = 4096;
+use crate::direct_io::{is_direct_refusal, AlignedBuf, ALIGN};
 /// In buffered mode, start writeback every this many bytes, so the final
 /// fsync has little left.
 const WRITEBACK_EVERY: u64 = 32 << 20;
@@ -40,7 +38,7 @@ impl ContentSink {
         let direct = options.clone().custom_flags(libc::O_DIRECT).open(path);
         let (file, direct) = match direct {
             Ok(file) => (file, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (options.open(path)?, false),
+            Err(e) if is_direct_refusal(&e) => (options.open(path)?, false),
             Err(e) => return Err(e),
         };
         Ok(Self {
@@ -64,7 +62,7 @@ impl ContentSink {
                     self.written += data.len() as u64;
                     return Ok(());
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.stop_direct()?,
+                Err(e) if is_direct_refusal(&e) => self.stop_direct()?,
                 Err(e) => return Err(e),
             }
         } else if self.direct {
@@ -95,54 +93,6 @@ impl ContentSink {
         self.direct = false;
         self.flushed = self.written;
         Ok(())
-    }
-}
-
-/// A fixed-size buffer whose start is `ALIGN`-aligned, built from a plain
-/// `Vec` (over-allocated by one alignment) so no unsafe allocation is needed.
-pub struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-    capacity: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// `capacity` should be a multiple of `ALIGN` so full blocks go direct.
-    pub fn new(capacity: usize) -> Self {
-        let storage = vec![0u8; capacity + ALIGN];
-        let start = storage.as_ptr().align_offset(ALIGN);
-        Self {
-            storage,
-            start,
-            capacity,
-            len: 0,
-        }
-    }
-
-    /// Copies as much of `data` as fits; returns how much.
-    pub fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.capacity - self.len);
-        let at = self.start + self.len;
-        self.storage[at..at + n].copy_from_slice(&data[..n]);
-        self.len += n;
-        n
-    }
-
-    pub fn filled(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.len == self.capacity
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.len = 0;
     }
 }
 

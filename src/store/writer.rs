@@ -23,7 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::store::direct::{AlignedBuf, ContentSink};
+use crate::direct_io::AlignedBuf;
+use crate::store::direct::ContentSink;
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::piece::{default_piece_length, MIN_PIECE_LENGTH};
 use crate::store::task_id::{TaskIdHasher, TaskIdInputs};

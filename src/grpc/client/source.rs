@@ -15,21 +15,18 @@
 //! Small files, and file systems that refuse `O_DIRECT`, are read through
 //! the page cache as usual.
 //!
-//! Blocks are reused once every chunk cut from them has been sent: a fresh
-//! 16 MiB block per read cost a memset and new pages, a fifth of the
-//! client's CPU on a cold 2 GiB import.
+//! Blocks come from a [`BlockPool`], so they are reused once every chunk
+//! cut from them has been sent.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::write::CHUNK_SIZE;
+use crate::direct_io::{self, is_cached, is_direct_refusal, read_full_at, BlockPool};
 
 /// Files at least this large are read with `O_DIRECT`: below it the disk
 /// round trips are not worth saving a few page-cache copies.
@@ -37,8 +34,10 @@ const DIRECT_MIN: u64 = 64 << 20;
 /// Bytes per read: large direct reads reach the disk's speed, and the block
 /// is cut into `CHUNK_SIZE` messages without copying.
 const BLOCK: usize = 16 << 20;
-/// Alignment `O_DIRECT` needs for buffer, offset and length.
-const ALIGN: usize = 4096;
+/// Chunks queued between the reader thread and the socket: a whole block
+/// and a few, so the next block is read while the previous one is sent
+/// (with 4, the disk and the socket took turns).
+pub(super) const QUEUE_DEPTH: usize = BLOCK / CHUNK_SIZE + 4;
 /// Spare blocks kept for reuse: about as many as are in flight at once
 /// (the one being read, the queued chunks', the one being sent).
 const SPARE_BLOCKS: usize = 4;
@@ -50,35 +49,7 @@ pub(super) struct Source {
     direct: Option<File>,
     /// A pipe or device is read in order; only regular files by offset.
     positional: bool,
-    spare: Spare,
-}
-
-/// Blocks whose chunks have all been sent, ready for the next read.
-type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// A block read from the file; the chunks cut from it share it, and the
-/// last one dropped gives its storage back to the spares.
-struct Block {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-    spare: Spare,
-}
-
-impl AsRef<[u8]> for Block {
-    fn as_ref(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        if let Ok(mut spare) = self.spare.lock() {
-            if spare.len() < SPARE_BLOCKS {
-                spare.push(std::mem::take(&mut self.storage));
-            }
-        }
-    }
+    blocks: BlockPool,
 }
 
 impl Source {
@@ -86,11 +57,7 @@ impl Source {
         let buffered = File::open(path)?;
         let meta = buffered.metadata()?;
         let direct = if meta.is_file() && meta.len() >= DIRECT_MIN {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
-                .ok()
+            direct_io::open_direct(path)
         } else {
             None
         };
@@ -98,7 +65,7 @@ impl Source {
             buffered,
             direct,
             positional: meta.is_file(),
-            spare: Spare::default(),
+            blocks: BlockPool::new(BLOCK, SPARE_BLOCKS),
         })
     }
 
@@ -136,53 +103,37 @@ impl Source {
 
     /// Up to `BLOCK` bytes at `offset`; empty at the end of the file.
     fn read_block(&mut self, offset: u64) -> std::io::Result<Bytes> {
-        // Over-allocate by one alignment and use the aligned part: no unsafe
-        // allocation, and `Bytes::slice` hands that part out uncopied.
-        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
-        let mut storage = spare.unwrap_or_else(|| vec![0u8; BLOCK + ALIGN]);
-        let start = storage.as_ptr().align_offset(ALIGN);
-        let buf = &mut storage[start..start + BLOCK];
-        let filled = match &self.direct {
+        let buffered = &self.buffered;
+        match &self.direct {
             // A pipe is sent a chunk at a time: its writer may be slow.
-            None if !self.positional => read_full_in_order(&self.buffered, &mut buf[..CHUNK_SIZE])?,
-            None => read_full(&self.buffered, buf, offset)?,
-            Some(_) if is_cached(&self.buffered, offset, BLOCK) => {
-                read_full(&self.buffered, buf, offset)?
-            }
-            Some(direct) => match read_full(direct, buf, offset) {
-                Ok(n) => n,
-                // Refused by a file system that accepted the open:
-                // read normally from here on.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            None if !self.positional => self
+                .blocks
+                .read(CHUNK_SIZE, |buf| read_full_in_order(buffered, buf)),
+            None => self
+                .blocks
+                .read(BLOCK, |buf| read_full_at(buffered, buf, offset)),
+            Some(_) if is_cached(buffered, offset, BLOCK) => self
+                .blocks
+                .read(BLOCK, |buf| read_full_at(buffered, buf, offset)),
+            Some(direct) => match self
+                .blocks
+                .read(BLOCK, |buf| read_full_at(direct, buf, offset))
+            {
+                Ok(block) => Ok(block),
+                // Refused by a file system that accepted the open: read
+                // normally from here on.
+                Err(e) if is_direct_refusal(&e) => {
                     self.direct = None;
-                    read_full(&self.buffered, buf, offset)?
+                    self.blocks
+                        .read(BLOCK, |buf| read_full_at(buffered, buf, offset))
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             },
-        };
-        Ok(Bytes::from_owner(Block {
-            storage,
-            start,
-            len: filled,
-            spare: self.spare.clone(),
-        }))
-    }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-        if n == 0 {
-            break;
         }
-        filled += n;
     }
-    Ok(filled)
 }
 
-/// `read_full` for a pipe or device, which has no offsets.
+/// `read_full_at` for a pipe or device, which has no offsets.
 fn read_full_in_order(mut file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -196,56 +147,10 @@ fn read_full_in_order(mut file: &File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(filled)
 }
 
-/// Whether every page of `offset..offset + len` is in the page cache,
-/// asked with `cachestat(2)` (Linux 6.5); `false` where it is missing, so
-/// older kernels read large files directly.
-fn is_cached(file: &File, offset: u64, len: usize) -> bool {
-    // Not in every libc target yet; 451 is its number on every
-    // architecture Linux added it to.
-    const SYS_CACHESTAT: libc::c_long = 451;
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    let range = Range {
-        off: offset,
-        len: len as u64,
-    };
-    let mut stat = Stat::default();
-    // SAFETY: both pointers are to live, properly laid out structs for the
-    // duration of the call; the fd is open for the lifetime of `file`.
-    let rc = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &range as *const Range,
-            &mut stat as *mut Stat,
-            0u32,
-        )
-    };
-    // Pages past the end of the file are not counted, so compare with the
-    // part of the range the file has.
-    let in_file = file
-        .metadata()
-        .map(|m| m.len().saturating_sub(offset).min(len as u64))
-        .unwrap_or(len as u64);
-    let page = 4096u64;
-    rc == 0 && stat.nr_cache >= in_file.div_ceil(page)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     fn collect(path: &Path) -> Vec<u8> {
         let source = Source::open(path).unwrap();

@@ -15,7 +15,7 @@ use crate::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as 
 use crate::grpc::pb::dfdaemon::*;
 use crate::store::duration_to_proto;
 
-use super::source::Source;
+use super::source::{self, Source};
 use super::{Client, ClientError, ClientResult, ImportOptions, Progress};
 
 /// Size of the chunks sent (LIMITS.md: 1 MiB beats 4 MiB once frames are large).
@@ -123,7 +123,7 @@ impl Client {
             if let Some(len) = len {
                 progress.set_total(len);
             }
-            let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+            let (tx, rx) = mpsc::channel(source::QUEUE_DEPTH);
             std::thread::Builder::new()
                 .name("dfcache-read".into())
                 .spawn(move || source.send_chunks(tx))
