@@ -14,6 +14,7 @@ mod error;
 mod link;
 mod meta;
 pub mod piece;
+mod range;
 pub mod task_id;
 mod writer;
 
@@ -31,6 +32,7 @@ use tracing::{debug, info, warn};
 
 pub use error::{StoreError, StoreResult};
 pub use meta::{duration_from_proto, duration_to_proto, TaskMeta};
+pub use range::RangeReader;
 pub use writer::{TaskWriter, WriteParams, DEFAULT_TTL};
 
 const DATA_SUFFIX: &str = ".data";
@@ -110,6 +112,11 @@ impl Store {
             }
             Err(e) => Err(StoreError::io(format!("open {}", path.display()), e)),
         }
+    }
+
+    /// A reader of `offset..end` of a task opened with `open_content`.
+    pub fn range_reader(&self, id: &str, file: Arc<File>, offset: u64, end: u64) -> RangeReader {
+        RangeReader::new(&self.data_path(id), file, offset, end)
     }
 
     /// Starts writing a new task; it exists only once `finish` returns.

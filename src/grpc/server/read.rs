@@ -8,14 +8,15 @@ use tracing::{debug, info_span, Instrument};
 
 use crate::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as Msg;
 use crate::grpc::pb::dfdaemon::*;
-use crate::store::{read_at, Store};
+use crate::store::{RangeReader, Store};
 
 use super::{status_of, ResponseStream};
 
 /// Size of each chunk sent.
 pub const CHUNK_SIZE: u64 = 1 << 20;
-/// Chunks read ahead of the client.
-const QUEUE_DEPTH: usize = 4;
+/// Chunks read ahead of the client: a whole block and a few, so the next
+/// block is read from the disk while the previous one is sent.
+const QUEUE_DEPTH: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE as usize + 4;
 
 /// `extensions: false` behaves as a 2.1.12 daemon: the range is ignored,
 /// there is no started message and chunks carry no offset.
@@ -40,6 +41,7 @@ pub fn handle(
         Some(len) => offset.saturating_add(len).min(meta.content_length),
         None => meta.content_length,
     };
+    let mut reader = store.range_reader(&meta.id, file, offset, end);
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let span = info_span!("read", task_id = %meta.id, offset, end);
     tokio::spawn(
@@ -54,35 +56,34 @@ pub fn handle(
             if extensions && !send(&tx, started).await {
                 return;
             }
-            let mut pos = offset;
-            while pos < end {
-                let len = (end - pos).min(CHUNK_SIZE) as usize;
-                let content = match read_at(file.clone(), pos, len).await {
-                    Ok(content) if content.len() == len => content,
-                    Ok(_) => {
-                        let _ = tx
-                            .send(Err(Status::data_loss(
-                                "task content is shorter than recorded",
-                            )))
-                            .await;
-                        return;
-                    }
+            loop {
+                let (pos, block) = match reader.next().await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
                     Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("read task content: {e}"))))
-                            .await;
+                        let status = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            Status::data_loss(e.to_string())
+                        } else {
+                            Status::internal(format!("read task content: {e}"))
+                        };
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
-                let chunk = Msg::ReadChunkResponse(ReadChunkResponse {
-                    content,
-                    offset: extensions.then_some(pos),
-                });
-                if !send(&tx, chunk).await {
-                    debug!(pos, "reader went away");
-                    return;
+                // Blocks can be 16 MiB; chunks are cut from them uncopied.
+                let mut at = 0;
+                while at < block.len() {
+                    let len = (block.len() - at).min(CHUNK_SIZE as usize);
+                    let chunk = Msg::ReadChunkResponse(ReadChunkResponse {
+                        content: block.slice(at..at + len),
+                        offset: extensions.then_some(pos + at as u64),
+                    });
+                    if !send(&tx, chunk).await {
+                        debug!("reader went away");
+                        return;
+                    }
+                    at += len;
                 }
-                pos += len as u64;
             }
             send(
                 &tx,
