@@ -30,6 +30,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
+use crate::direct_io::BlockPool;
 pub use error::{StoreError, StoreResult};
 pub use meta::{duration_from_proto, duration_to_proto, TaskMeta};
 pub use range::RangeReader;
@@ -54,6 +55,9 @@ struct Inner {
     /// store it once.
     commit: Mutex<()>,
     next_temp: AtomicU64,
+    /// Blocks for direct reads, shared by every range being served so a
+    /// piece read reuses warm memory instead of zeroing a new block.
+    read_blocks: BlockPool,
 }
 
 impl Store {
@@ -76,6 +80,7 @@ impl Store {
                 tasks: RwLock::new(tasks),
                 commit: Mutex::new(()),
                 next_temp: AtomicU64::new(0),
+                read_blocks: RangeReader::block_pool(),
             }),
         })
     }
@@ -116,7 +121,8 @@ impl Store {
 
     /// A reader of `offset..end` of a task opened with `open_content`.
     pub fn range_reader(&self, id: &str, file: Arc<File>, offset: u64, end: u64) -> RangeReader {
-        RangeReader::new(&self.data_path(id), file, offset, end)
+        let blocks = self.inner.read_blocks.clone();
+        RangeReader::new(&self.data_path(id), file, offset, end, blocks)
     }
 
     /// Starts writing a new task; it exists only once `finish` returns.

@@ -1,13 +1,13 @@
 //! Serving a range of a task's content in large blocks.
 //!
-//! Long ranges whose content is not in the page cache are read with
+//! Ranges of a piece or more whose content is not in the page cache are read with
 //! `O_DIRECT` in 16 MiB blocks into reused aligned storage and cut into
 //! chunks without copying. Reading them through the page cache was most of
 //! the daemon's CPU on a cold export (the kernel's copy out of fresh pages,
 //! perf: 43%), and it would cache the task a second time when the reader is
 //! the mount, whose own page cache keeps what programs read. Content that
-//! is already cached, and short ranges (a piece the mount asks for), are
-//! read through the page cache as before.
+//! is already cached, and short ranges, are read through the page cache as
+//! before.
 
 use std::fs::File;
 use std::path::Path;
@@ -15,17 +15,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::piece::MIN_PIECE_LENGTH;
 use super::read_at;
 use crate::direct_io::{self, is_cached, is_direct_refusal, read_full_at, BlockPool, ALIGN};
 
-/// Ranges at least this long may be read directly.
-const DIRECT_MIN: u64 = 64 << 20;
+/// Ranges at least this long may be read directly: a whole piece, which is
+/// what the mount fetches for a sequential reader (several at once) and
+/// what a P2P peer asks for. Shorter reads (a random 4 KiB read through
+/// the mount) stay in the page cache, where neighbours may hit.
+const DIRECT_MIN: u64 = MIN_PIECE_LENGTH;
 /// Bytes per direct read (`dd iflag=direct` of 2 GiB: 1 MiB 1.68 s, 16 MiB
 /// 1.15 s).
 const BLOCK: usize = 16 << 20;
-/// Spare blocks kept: the one being read, the queued chunks', the one being
-/// sent.
-const SPARE_BLOCKS: usize = 3;
+/// Spare blocks kept by the store: a few ranges' worth (for each, the block
+/// being read, the queued chunks', the one being sent).
+const SPARE_BLOCKS: usize = 4;
 /// Bytes per read through the page cache.
 const BUFFERED_READ: usize = 1 << 20;
 
@@ -42,7 +46,18 @@ impl RangeReader {
     /// The most [`RangeReader::next`] returns at once.
     pub const MAX_BLOCK: usize = BLOCK;
 
-    pub(super) fn new(path: &Path, file: Arc<File>, offset: u64, end: u64) -> Self {
+    /// The pool every reader of one store draws its blocks from.
+    pub(super) fn block_pool() -> BlockPool {
+        BlockPool::new(BLOCK, SPARE_BLOCKS)
+    }
+
+    pub(super) fn new(
+        path: &Path,
+        file: Arc<File>,
+        offset: u64,
+        end: u64,
+        blocks: BlockPool,
+    ) -> Self {
         let direct = if end.saturating_sub(offset) >= DIRECT_MIN {
             direct_io::open_direct(path).map(Arc::new)
         } else {
@@ -53,7 +68,7 @@ impl RangeReader {
             direct,
             pos: offset,
             end,
-            blocks: BlockPool::new(BLOCK, SPARE_BLOCKS),
+            blocks,
         }
     }
 
@@ -144,7 +159,7 @@ mod tests {
 
     async fn read_range(path: &Path, offset: u64, end: u64) -> std::io::Result<(Vec<u8>, bool)> {
         let file = Arc::new(File::open(path).unwrap());
-        let mut reader = RangeReader::new(path, file, offset, end);
+        let mut reader = RangeReader::new(path, file, offset, end, RangeReader::block_pool());
         let direct = reader.direct.is_some();
         let mut out = Vec::new();
         while let Some((at, part)) = reader.next().await? {
