@@ -57,6 +57,10 @@ impl AlignedBuf {
         &self.storage[self.start..self.start + self.len]
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_full(&self) -> bool {
         self.len == self.capacity
     }
