@@ -59,12 +59,7 @@ fn source_closed_early_is_a_complete_shorter_file() {
     let (child, writer) = start_fifo_import(&daemon, &root.path().join("fifo"), 5 << 20);
     drop(writer);
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = succeeded(&out, "the FIFO import");
     let stat = daemon.ok(&["stat", &id]);
     assert!(stat.contains("(5242880 bytes)"), "{stat}");
 }

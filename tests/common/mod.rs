@@ -94,13 +94,7 @@ impl Daemon {
 
     /// Runs the CLI and insists it succeeded; returns trimmed stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "dfcache {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        succeeded(&self.cli(args), format_args!("dfcache {args:?}"))
     }
 
     /// The ids `dfcache ls -q` prints.
@@ -148,6 +142,18 @@ pub fn cli(socket: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run dfcache")
+}
+
+/// Trimmed stdout of a run that must have succeeded; otherwise panics
+/// naming `what`, the exit status and stderr.
+pub fn succeeded(out: &Output, what: impl std::fmt::Display) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Stderr of a failed run; panics when it succeeded.

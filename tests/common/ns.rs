@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use super::{bin, Daemon};
+use super::{bin, succeeded, Daemon};
 
 /// Most a command run in the container may take before it is killed.
 pub const COMMAND_DEADLINE_SECS: u32 = 60;
@@ -113,14 +113,10 @@ impl Split {
     /// `sh -c script` in a new container namespace; insists it succeeded
     /// and returns trimmed stdout.
     pub fn sh_ok(&self, script: &str) -> String {
-        let out = self.sh(script);
-        assert!(
-            out.status.success(),
-            "in the container: `{script}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        succeeded(
+            &self.sh(script),
+            format_args!("in the container: `{script}`"),
+        )
     }
 
     /// The CLI in a new container namespace, against `socket`.
@@ -136,14 +132,10 @@ impl Split {
 
     /// The CLI in the container; insists it succeeded, returns trimmed stdout.
     pub fn cli_ok(&self, socket: &Path, args: &[&str]) -> String {
-        let out = self.cli(socket, args);
-        assert!(
-            out.status.success(),
-            "in the container: dfcache {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        succeeded(
+            &self.cli(socket, args),
+            format_args!("in the container: dfcache {args:?}"),
+        )
     }
 }
 
@@ -165,20 +157,13 @@ pub fn mounted_in(pid: u32, dir: &Path, fstype: &str) -> bool {
 /// `ls -A dir` here.
 pub fn ls(dir: &Path) -> String {
     let out = Command::new("ls").arg("-A").arg(dir).output().unwrap();
-    assert!(out.status.success(), "ls {}", dir.display());
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(&out, format_args!("ls {}", dir.display()))
 }
 
 /// `ls -A dir` inside the mount namespace of process `pid`.
 pub fn nsenter_ls(pid: u32, dir: &Path) -> String {
     let out = nsenter(pid, &format!("ls -A {}", sh_quote(dir)));
-    assert!(
-        out.status.success(),
-        "nsenter -t {pid} ls {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(&out, format_args!("nsenter -t {pid} ls {}", dir.display()))
 }
 
 /// `sh -c script` inside the mount namespace of process `pid`, killed after
@@ -194,14 +179,10 @@ pub fn nsenter(pid: u32, script: &str) -> Output {
 
 /// Like `nsenter`, insisting on success; returns trimmed stdout.
 pub fn nsenter_ok(pid: u32, script: &str) -> String {
-    let out = nsenter(pid, script);
-    assert!(
-        out.status.success(),
-        "nsenter -t {pid}: `{script}` failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(
+        &nsenter(pid, script),
+        format_args!("nsenter -t {pid}: `{script}`"),
+    )
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, terminate, Daemon};
+use crate::common::{bin, succeeded, terminate, Daemon};
 
 pub struct Mounted {
     pub child: Option<Child>,
@@ -127,14 +127,7 @@ pub fn sh(script: &str) -> Output {
 
 /// Runs `sh -c script` and insists it succeeded; returns trimmed stdout.
 pub fn sh_ok(script: &str) -> String {
-    let out = sh(script);
-    assert!(
-        out.status.success(),
-        "`{script}` failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(&sh(script), format_args!("`{script}`"))
 }
 
 /// Runs python3 with `code`, arguments after it; returns the output.
