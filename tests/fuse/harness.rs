@@ -130,6 +130,21 @@ pub fn sh_ok(script: &str) -> String {
     succeeded(&sh(script), format_args!("`{script}`"))
 }
 
+/// The line of `ls -l tasks/` output naming task `id`; insists it shows
+/// `len` bytes.
+pub fn listed_task<'a>(listing: &'a str, id: &str, len: u64) -> &'a str {
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with(id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{listing}"));
+    assert_eq!(
+        line.split_whitespace().nth(4),
+        Some(len.to_string().as_str()),
+        "{line}"
+    );
+    line
+}
+
 /// Runs python3 with `code`, arguments after it; returns the output.
 pub fn python(code: &str, args: &[&str]) -> Output {
     Command::new("python3")

@@ -26,15 +26,7 @@ fn cp_into_import_creates_the_task() {
         );
         assert!(same_bytes(&src, &m.task(&id)), "{len} bytes");
         let ls = sh_ok(&format!("ls -l {}", q(&m.path("tasks"))));
-        let line = ls
-            .lines()
-            .find(|l| l.ends_with(&id))
-            .unwrap_or_else(|| panic!("{id} not listed:\n{ls}"));
-        assert_eq!(
-            line.split_whitespace().nth(4),
-            Some(len.to_string().as_str()),
-            "{line}"
-        );
+        let line = listed_task(&ls, &id, len);
         assert!(line.starts_with("-r--r--r--"), "{line}");
         // The finished import is a read-only file with the task's size and bytes.
         let meta = std::fs::metadata(&dst).unwrap();

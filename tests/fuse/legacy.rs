@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::ns::*;
 use crate::common::*;
+use crate::harness::listed_task;
 
 const PIECE: u64 = 4 * MIB;
 
@@ -138,15 +139,7 @@ fn legacy_cp_imports_through_the_mapped_spool_and_reads_back() {
     ]);
     assert!(same_bytes(&src, &check));
     let listing = m.sh_ok(&format!("ls -l {}", m.q("tasks")));
-    let line = listing
-        .lines()
-        .find(|l| l.ends_with(&id))
-        .unwrap_or_else(|| panic!("{id} not listed:\n{listing}"));
-    assert_eq!(
-        line.split_whitespace().nth(4),
-        Some(len.to_string().as_str()),
-        "{line}"
-    );
+    listed_task(&listing, &id, len);
 
     // Read back through the mount: the legacy daemon sends the pieces out
     // of order, the reader gets the bytes in order.
