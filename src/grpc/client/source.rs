@@ -104,32 +104,27 @@ impl Source {
     /// Up to `BLOCK` bytes at `offset`; empty at the end of the file.
     fn read_block(&mut self, offset: u64) -> std::io::Result<Bytes> {
         let buffered = &self.buffered;
-        match &self.direct {
+        if !self.positional {
             // A pipe is sent a chunk at a time: its writer may be slow.
-            None if !self.positional => self
+            return self
                 .blocks
-                .read(CHUNK_SIZE, |buf| read_full_in_order(buffered, buf)),
-            None => self
-                .blocks
-                .read(BLOCK, |buf| read_full_at(buffered, buf, offset)),
-            Some(_) if is_cached(buffered, offset, BLOCK) => self
-                .blocks
-                .read(BLOCK, |buf| read_full_at(buffered, buf, offset)),
-            Some(direct) => match self
-                .blocks
-                .read(BLOCK, |buf| read_full_at(direct, buf, offset))
-            {
-                Ok(block) => Ok(block),
-                // Refused by a file system that accepted the open: read
-                // normally from here on.
-                Err(e) if is_direct_refusal(&e) => {
-                    self.direct = None;
-                    self.blocks
-                        .read(BLOCK, |buf| read_full_at(buffered, buf, offset))
-                }
-                Err(e) => Err(e),
-            },
+                .read(CHUNK_SIZE, |buf| read_full_in_order(buffered, buf));
         }
+        if let Some(direct) = &self.direct {
+            if !is_cached(buffered, offset, BLOCK) {
+                match self
+                    .blocks
+                    .read(BLOCK, |buf| read_full_at(direct, buf, offset))
+                {
+                    // Refused by a file system that accepted the open:
+                    // read normally from here on.
+                    Err(e) if is_direct_refusal(&e) => self.direct = None,
+                    read => return read,
+                }
+            }
+        }
+        self.blocks
+            .read(BLOCK, |buf| read_full_at(buffered, buf, offset))
     }
 }
 
