@@ -246,6 +246,42 @@ fn export_by_mapped_path_lands_where_the_container_sees_it() {
     assert!(!s.host.join("out4.bin").exists());
 }
 
+#[test]
+fn a_container_prefix_through_a_symlink_maps_like_its_target() {
+    // As `/var/run` is a link to `/run`: the mapping names the volume by a
+    // link, and dfcache resolves the paths it maps.
+    let f = fixture();
+    let s = &f.split;
+    let link = s.root.join("volume-link");
+    std::os::unix::fs::symlink(&s.container, &link).unwrap();
+    let map = format!("{}:{}", link.display(), s.host.display());
+    let src = s.host.join("file.bin");
+    write_file(&src, PIECE + 77, 4);
+    let by_link = |rel: &str| link.join(rel).to_string_lossy().into_owned();
+
+    // Named through the link, and by the directory it leads to.
+    let id = f.cli_ok(&["import", "--path-mapping", &map, &by_link("file.bin")]);
+    assert_eq!(id, expected_id(&src));
+    assert_eq!(
+        f.cli_ok(&["import", "--path-mapping", &map, &s.c("file.bin")]),
+        id
+    );
+    f.cli_ok(&[
+        "export",
+        "--path-mapping",
+        &map,
+        &id,
+        "-O",
+        &by_link("out.bin"),
+    ]);
+    assert!(same_bytes(&src, &s.host.join("out.bin")));
+    // `..` out of the volume is still refused.
+    write_file(&s.root.join("outside.bin"), 10, 5);
+    let out = f.cli(&["import", "--path-mapping", &map, &by_link("../outside.bin")]);
+    assert_refused(&out, "`..` through the link");
+    assert_eq!(f.daemon.ids(), vec![id]);
+}
+
 /// A mapping refusal, not a connection error, with a non-zero exit.
 fn assert_refused(out: &Output, what: &str) {
     let err = failure(out);

@@ -87,9 +87,12 @@ pub struct TransferArgs {
     pub path_mapping: PathMapper,
 }
 
+/// Parses `--path-mapping`; container prefixes that lead through a symlink
+/// also match the resolved paths the CLI and the mount hand to `to_host`.
 pub fn parse_mapping_arg(s: &str) -> Result<PathMapper, String> {
-    s.parse()
-        .map_err(|e: dfcache::mapping::MappingError| e.to_string())
+    s.parse::<PathMapper>()
+        .map(PathMapper::with_real_container_prefixes)
+        .map_err(|e| e.to_string())
 }
 
 /// What a new task is created with; shared by import and the mount.

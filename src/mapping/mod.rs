@@ -26,6 +26,9 @@ pub struct PathMapper {
     /// Longest container prefix first (most components), so the first match
     /// is the longest.
     mappings: Vec<Mapping>,
+    /// Container prefixes that lead through a symlink, by their real path
+    /// (see `with_real_container_prefixes`); consulted only by `to_host`.
+    real_prefixes: Vec<Mapping>,
 }
 
 #[derive(Clone, Copy)]
@@ -51,6 +54,32 @@ impl PathMapper {
         self.map(path, Direction::ToContainer)
     }
 
+    /// Also maps paths under the real location of each container prefix
+    /// that leads through a symlink (`/var/run` is a link to `/run` on most
+    /// systems). Callers resolve symlinks in the paths they map, so that a
+    /// link cannot lead out of a mapped volume; without this, such a prefix
+    /// would match none of those resolved paths. A prefix that does not
+    /// exist (yet) is kept as written only. `to_container` still answers
+    /// with the prefixes as written.
+    pub fn with_real_container_prefixes(mut self) -> Self {
+        self.real_prefixes.clear();
+        for mapping in &self.mappings {
+            let Ok(real) = std::fs::canonicalize(&mapping.container) else {
+                continue;
+            };
+            // A prefix given explicitly keeps its own host side.
+            let known = |m: &Mapping| m.container == real;
+            if self.mappings.iter().any(known) || self.real_prefixes.iter().any(known) {
+                continue;
+            }
+            self.real_prefixes.push(Mapping {
+                container: real,
+                host: mapping.host.clone(),
+            });
+        }
+        self
+    }
+
     fn map(&self, path: &Path, direction: Direction) -> Result<PathBuf, MappingError> {
         if !path.is_absolute() {
             return Err(MappingError::RelativePath(path.to_path_buf()));
@@ -61,9 +90,14 @@ impl PathMapper {
         // Match on the path as written (only `.` dropped) so that `C/../x`
         // is judged as a path under C that then climbs out of it.
         let literal: PathBuf = path.components().collect();
+        let real_prefixes = match direction {
+            Direction::ToHost => &self.real_prefixes[..],
+            Direction::ToContainer => &[],
+        };
         let best = self
             .mappings
             .iter()
+            .chain(real_prefixes)
             .map(|m| match direction {
                 Direction::ToHost => (&m.container, &m.host),
                 Direction::ToContainer => (&m.host, &m.container),

@@ -87,6 +87,9 @@ impl FromStr for PathMapper {
         }
         let mut mappings: Vec<Mapping> = mappings.into_iter().map(|(_, m)| m).collect();
         mappings.sort_by_key(|m| std::cmp::Reverse(m.container.components().count()));
-        Ok(PathMapper { mappings })
+        Ok(PathMapper {
+            mappings,
+            real_prefixes: Vec::new(),
+        })
     }
 }

@@ -146,3 +146,64 @@ fn parse_errors_name_the_entry() {
     let msg = err("/a:/b,/c:d").to_string();
     assert!(msg.contains("entry 2") && msg.contains("\"d\""), "{msg}");
 }
+
+#[test]
+fn a_prefix_through_a_symlink_also_matches_its_real_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("run");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("var-run");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let real = std::fs::canonicalize(&real).unwrap();
+    let link = std::fs::canonicalize(dir.path()).unwrap().join("var-run");
+
+    let spec = format!("{}:/h", link.display());
+    let literal_only = mapper(&spec);
+    let resolved = mapper(&spec).with_real_container_prefixes();
+    // What callers hand over: paths with their symlinks resolved.
+    let file = real.join("sock/x");
+    assert_eq!(
+        literal_only.to_host(&file),
+        Err(MappingError::Unmapped(file.clone()))
+    );
+    assert_eq!(resolved.to_host(&file).unwrap(), Path::new("/h/sock/x"));
+    // The prefix as written still maps, and the reverse answers with it.
+    assert_eq!(
+        resolved.to_host(&link.join("y")).unwrap(),
+        Path::new("/h/y")
+    );
+    assert_eq!(
+        resolved.to_container(Path::new("/h/sock/x")).unwrap(),
+        link.join("sock/x")
+    );
+    // `..` out of the real prefix is refused like out of the written one.
+    assert!(matches!(
+        resolved.to_host(&real.join("../etc")),
+        Err(MappingError::Escapes { .. })
+    ));
+}
+
+#[test]
+fn an_explicit_prefix_wins_over_a_symlinked_one_that_resolves_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(dir.path()).unwrap();
+    let real = base.join("data");
+    std::fs::create_dir(&real).unwrap();
+    let link = base.join("alias");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let m = mapper(&format!(
+        "{}:/h-link,{}:/h-real",
+        link.display(),
+        real.display()
+    ))
+    .with_real_container_prefixes();
+    assert_eq!(m.to_host(&real.join("f")).unwrap(), Path::new("/h-real/f"));
+    assert_eq!(m.to_host(&link.join("f")).unwrap(), Path::new("/h-link/f"));
+    // A prefix that does not exist maps as written only.
+    let gone = mapper("/no/such/dir:/h").with_real_container_prefixes();
+    assert_eq!(
+        gone.to_host(Path::new("/no/such/dir/f")).unwrap(),
+        Path::new("/h/f")
+    );
+}
