@@ -394,6 +394,9 @@ fn mapping_escapes_are_refused_before_anything_reaches_the_daemon() {
                 ],
             );
             assert_refused(&out, output);
+            // Named as typed, not only as resolved.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(output.as_str()), "{err}");
             if output.contains("evil") {
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(err.contains("is a symbolic link"), "{err}");

@@ -231,7 +231,11 @@ async fn daemon_writes_export(
         .file_name()
         .ok_or_else(|| anyhow!("{} names no file", output.display()))?;
     let literal = real_parent.join(name);
-    let daemon_output = args.transfer.path_mapping.to_host(&literal)?;
+    let daemon_output = args
+        .transfer
+        .path_mapping
+        .to_host(&literal)
+        .with_context(|| format!("cannot hand {} to the daemon", output.display()))?;
     // A daemon may follow a symlink at the output path: where it leads
     // must be under a mapped prefix too, or a link out of a mapped volume
     // would smuggle a host path past the mapping.
