@@ -66,6 +66,7 @@ fn config() -> FsConfig {
         cache_size: 12 * MIB as u64,
         read_ahead: 8 * MIB as u64,
         spool: None,
+        free_space_of: None,
         path_mapping: PathMapper::default(),
         // Default piece length: 4 MiB for every size used here.
         import: ImportOptions::default(),

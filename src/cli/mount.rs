@@ -114,6 +114,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         cache_size: args.cache_size,
         read_ahead: args.read_ahead,
         spool: args.spool.clone(),
+        free_space_of: args.spool.clone().or_else(|| args.embedded.clone()),
         path_mapping: args.path_mapping.clone(),
         import: args.task.import_options(None),
         fetch_timeout: args.fetch_timeout,

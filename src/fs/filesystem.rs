@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
 use crate::fs::error::{Errno, FsResult};
@@ -23,6 +23,7 @@ use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
 use crate::fs::piece_cache::{PieceCache, TaskGeometry};
 use crate::fs::readahead::Readahead;
+use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
 use crate::grpc::client::{Client, ImportOptions};
 use crate::mapping::PathMapper;
@@ -44,6 +45,10 @@ pub struct FsConfig {
     pub read_ahead: u64,
     /// Spool directory: imports are written there and uploaded on close.
     pub spool: Option<PathBuf>,
+    /// A directory on the disk that takes this machine's imports (the
+    /// spool, else the embedded daemon's store): statfs reports its free
+    /// space. None: a daemon elsewhere, whose free space is unknown.
+    pub free_space_of: Option<PathBuf>,
     /// Mapping for paths handed to the daemon (the spool files).
     pub path_mapping: PathMapper,
     /// What new tasks are created with.
@@ -73,11 +78,14 @@ pub struct DirEntry {
     pub name: OsString,
 }
 
-/// What statfs reports.
+/// What statfs reports, in blocks of `block_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsStats {
+    /// Used (the known tasks) plus free.
     pub blocks: u64,
+    pub free_blocks: u64,
     pub files: u64,
+    pub free_files: u64,
     pub block_size: u32,
 }
 
@@ -365,10 +373,23 @@ impl DfcacheFs {
 
     pub fn statfs(&self) -> FsStats {
         let (files, bytes) = self.inodes().task_count_and_bytes();
+        let (free_bytes, free_files) = match &self.config.free_space_of {
+            Some(dir) => space::free_space(dir).unwrap_or_else(|e| {
+                // Reporting the disk as full would make tools refuse to
+                // write; say why the figure is a guess instead.
+                warn!(dir = %dir.display(), error = %e, "cannot read free space; reporting it as unknown");
+                (space::UNKNOWN_FREE_BYTES, space::UNKNOWN_FREE_FILES)
+            }),
+            None => (space::UNKNOWN_FREE_BYTES, space::UNKNOWN_FREE_FILES),
+        };
+        let block = u64::from(space::BLOCK_SIZE);
+        let free_blocks = free_bytes / block;
         FsStats {
-            blocks: bytes.div_ceil(4096),
-            files,
-            block_size: 4096,
+            blocks: bytes.div_ceil(block).saturating_add(free_blocks),
+            free_blocks,
+            files: files.saturating_add(free_files),
+            free_files,
+            block_size: space::BLOCK_SIZE,
         }
     }
 

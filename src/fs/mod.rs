@@ -7,6 +7,7 @@
 //! - `inodes.rs`, `import.rs`: the inode table and the import state machine;
 //! - `piece_cache.rs`, `readahead.rs`: the piece LRU and read-ahead policy;
 //! - `task_files.rs`: whole-task downloads, for daemons without range reads;
+//! - `space.rs`: the used and free space statfs reports;
 //! - `mount.rs`: mounting, stale mounts, the sysfs read-ahead lever.
 
 pub mod attr;
@@ -19,6 +20,7 @@ pub mod mount;
 pub mod piece_cache;
 pub mod read;
 pub mod readahead;
+pub mod space;
 pub mod task_files;
 pub mod write;
 

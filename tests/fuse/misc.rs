@@ -46,3 +46,77 @@ fn unsupported_operations_get_sensible_errnos() {
     let stat = sh_ok(&format!("stat -f -c %T {}", q(&m.mnt)));
     assert!(stat.contains("fuse"), "{stat}");
 }
+
+/// `df` in bytes: (used, available) for `path`'s file system.
+fn df(path: &std::path::Path) -> (u64, u64) {
+    let out = sh_ok(&format!("df -B1 --output=used,avail {}", q(path)));
+    let line = out.lines().nth(1).unwrap_or_else(|| panic!("df: {out}"));
+    let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+    (fields.next().unwrap(), fields.next().unwrap())
+}
+
+/// A small tmpfs, unmounted on drop (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: std::path::PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        sh_ok(&format!(
+            "mount -t tmpfs -o size={size} dfcache-test {}",
+            q(&path)
+        ));
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount {}", q(&self.0)));
+    }
+}
+
+#[test]
+fn df_reports_the_free_space_imports_land_on() {
+    const GIB: u64 = 1 << 30;
+    // Embedded daemon: the free space of the store's disk, which python's
+    // shutil.disk_usage (what downloaders check) sees too.
+    let root = tempdir();
+    let m = Mounted::embedded(root.path(), &[]);
+    let (_, store_free) = df(&root.path().join("store"));
+    let (used, free) = df(&m.mnt);
+    assert_eq!(used, 0);
+    // Other tests write to the same disk meanwhile.
+    assert!(free.abs_diff(store_free) < GIB, "{free} vs {store_free}");
+    let py = python(
+        "import shutil, sys; print(shutil.disk_usage(sys.argv[1]).free)",
+        &[&m.mnt.to_string_lossy()],
+    );
+    let py_free: u64 = succeeded(&py, "python disk_usage").parse().unwrap();
+    assert!(
+        py_free.abs_diff(store_free) < GIB,
+        "{py_free} vs {store_free}"
+    );
+    drop(m);
+
+    // A spool (on a 64 MiB tmpfs): its free space, exactly.
+    let root = tempdir();
+    let spool = Tmpfs::mount(root.path().join("spool"), "64m");
+    let daemon = Daemon::start(&root.path().join("daemon"));
+    let spooled = Mounted::on(
+        &daemon,
+        root.path(),
+        &["--spool", &spool.0.to_string_lossy()],
+    );
+    assert_eq!(df(&spooled.mnt).1, df(&spool.0).1);
+    assert!(df(&spooled.mnt).1 <= 64 * MIB);
+    drop(spooled);
+
+    // A daemon fed over its socket, no spool: free space unknown, reported
+    // as 1 PiB so that nothing refuses; used is the tasks' bytes.
+    let other = tempdir();
+    let m = Mounted::on(&daemon, other.path(), &[]);
+    let src = other.path().join("src.bin");
+    write_file(&src, 5000, 2);
+    sh_ok(&format!("cp {} {}", q(&src), q(&m.import("f"))));
+    assert_eq!(df(&m.mnt), (8192, 1 << 50));
+}
