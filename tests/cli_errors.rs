@@ -196,6 +196,29 @@ fn existing_output_without_overwrite() {
 }
 
 #[test]
+fn export_to_a_full_disk_fails_and_leaves_nothing() {
+    let f = fixture();
+    let id = f.daemon.ok(&["import", "--stream-mode", f.s()]);
+    // 6 MiB of task into 2 MiB of disk.
+    let disk = Tmpfs::mount(f.root.path().join("disk"), "2m");
+    for mode in [
+        &["--stream-mode"][..],
+        &[][..],
+        &["--transfer-from-dfdaemon"][..],
+    ] {
+        let out = disk.0.join("out.bin");
+        let mut args = vec!["export", id.as_str(), "-O", out.to_str().unwrap()];
+        args.extend_from_slice(mode);
+        let err = failure(&f.daemon.cli(&args));
+        assert!(err.contains("No space left on device"), "{mode:?}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&disk.0).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
+    }
+    // The task itself is untouched.
+    assert_eq!(f.daemon.ids(), vec![id]);
+}
+
+#[test]
 fn unreachable_daemon() {
     let root = tempdir();
     let src = root.path().join("src.bin");

@@ -251,3 +251,26 @@ pub fn terminate(mut child: Child) -> Option<std::process::ExitStatus> {
     let _ = child.kill();
     child.wait().ok()
 }
+
+/// A small tmpfs at a path (a disk that fills up), unmounted on drop, also
+/// when the test fails. Needs root, as the FUSE tests do.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "dfcache-test"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        succeeded(&out, format!("mount tmpfs on {}", path.display()));
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

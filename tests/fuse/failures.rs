@@ -1,5 +1,6 @@
 //! A daemon that goes away: cp fails, cat fails with EIO instead of
-//! hanging, and the same mount works again once the daemon is back.
+//! hanging, and the same mount works again once the daemon is back. A
+//! daemon whose disk is full: cp fails with ENOSPC and nothing is kept.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -135,4 +136,41 @@ fn sigterm_unmounts_cleanly() {
     let status = m.stop().unwrap();
     assert!(status.success(), "{status}");
     assert!(!is_mounted(&m.mnt));
+}
+
+#[test]
+fn a_full_store_fails_cp_with_enospc_and_keeps_nothing() {
+    let root = tempdir();
+    // Dropped last: the daemon and the mount go first.
+    let store = Tmpfs::mount(root.path().join("store"), "24m");
+    let daemon = Daemon::start(root.path());
+    let m = Mounted::on(&daemon, root.path(), &[]);
+    let big = root.path().join("big.bin");
+    write_file(&big, 40 * MIB, 5);
+
+    let out = sh(&format!("cp {} {}", q(&big), q(&m.import("big"))));
+    assert!(!out.status.success(), "cp into a full store succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!m.import("big").exists(), "a failed import is still listed");
+    assert!(daemon.ids().is_empty(), "a partial task was kept");
+    assert!(daemon.leftovers().is_empty(), "{:?}", daemon.leftovers());
+
+    // The CLI says so in a sentence, and keeps nothing either.
+    let out = daemon.cli(&["import", "--stream-mode", &big.to_string_lossy()]);
+    let err = failure(&out);
+    assert!(err.to_lowercase().contains("no space"), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(daemon.ids().is_empty(), "a partial task was kept");
+    assert!(daemon.leftovers().is_empty(), "{:?}", daemon.leftovers());
+
+    // The space came back: what fits imports.
+    let small = root.path().join("small.bin");
+    write_file(&small, 4 * MIB, 6);
+    sh_ok(&format!("cp {} {}", q(&small), q(&m.import("small"))));
+    assert_eq!(task_id_xattr(&m.import("small")), expected_id(&small));
+    assert!(same_bytes(&small, &m.task(&expected_id(&small))));
+    drop(m);
+    drop(daemon);
+    drop(store);
 }

@@ -55,26 +55,6 @@ fn df(path: &std::path::Path) -> (u64, u64) {
     (fields.next().unwrap(), fields.next().unwrap())
 }
 
-/// A small tmpfs, unmounted on drop (also when the test fails).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(path: std::path::PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&path).unwrap();
-        sh_ok(&format!(
-            "mount -t tmpfs -o size={size} dfcache-test {}",
-            q(&path)
-        ));
-        Tmpfs(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = sh(&format!("umount {}", q(&self.0)));
-    }
-}
-
 #[test]
 fn df_reports_the_free_space_imports_land_on() {
     const GIB: u64 = 1 << 30;
