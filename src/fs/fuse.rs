@@ -20,6 +20,7 @@ use crate::fs::attr::{Attr, Kind, SetAttr};
 use crate::fs::error::Errno;
 use crate::fs::filesystem::DfcacheFs;
 use crate::fs::inodes::{IMPORT_INO, ROOT_INO, TASKS_INO};
+use crate::fs::read::Opened;
 
 /// Task content never changes: the kernel may keep its attributes.
 const TASK_TTL: Duration = Duration::from_secs(3600);
@@ -50,6 +51,18 @@ impl FuseAdapter {
 
 fn errno(e: Errno) -> FuseErrno {
     FuseErrno::from_i32(e.0)
+}
+
+/// The kernel's caching flags for an opened file.
+fn fopen_flags(opened: Opened) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
+    if opened.keep_cache {
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if opened.direct_io {
+        flags |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    flags
 }
 
 fn ttl_of(attr: &Attr) -> Duration {
@@ -202,14 +215,7 @@ impl Filesystem for FuseAdapter {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         self.spawn(move |fs| async move {
             match fs.open(ino.0, write, truncate).await {
-                Ok(opened) => {
-                    let flags = if opened.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(opened.fh), flags)
-                }
+                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(opened)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -257,7 +263,12 @@ impl Filesystem for FuseAdapter {
                     &file_attr(&attr),
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    // A new import, open for writing.
+                    fopen_flags(Opened {
+                        fh,
+                        keep_cache: false,
+                        direct_io: true,
+                    }),
                 ),
                 Err(e) => reply.error(errno(e)),
             }

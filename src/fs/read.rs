@@ -19,6 +19,12 @@ pub struct Opened {
     pub fh: u64,
     /// Keep the kernel's page cache across opens (immutable content).
     pub keep_cache: bool,
+    /// Bypass the kernel's page cache. Writable opens (always imports) do:
+    /// an import's bytes go to the daemon once, and caching them first only
+    /// costs the writer a copy into freshly allocated pages (cp of 2 GiB
+    /// into import/ spent 1.9-2.1 s of system time with the cache, 0.3-1.4 s
+    /// without).
+    pub direct_io: bool,
 }
 
 impl DfcacheFs {
@@ -38,7 +44,11 @@ impl DfcacheFs {
             writable: write,
             readahead: Default::default(),
         });
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io: write,
+        })
     }
 
     /// Up to `size` bytes at `offset`.
