@@ -78,10 +78,11 @@ fn config() -> FsConfig {
 }
 
 async fn import(fs: &DfcacheFs, rng: &mut Rng, name: &OsString, data: &[u8]) -> String {
-    let (_, fh) = fs
+    let (_, opened) = fs
         .create(IMPORT_INO, name, 0o644, false, 0, 0)
         .await
         .expect("create");
+    let fh = opened.fh;
     let mut pos = 0;
     while pos < data.len() {
         let n = (1 + rng.below(3 * MIB as u64) as usize).min(data.len() - pos);
@@ -245,10 +246,12 @@ async fn run(seed: u64, steps: usize) {
                     Err(Errno::ENOENT)
                 );
                 let name = OsString::from("out-of-order");
-                let (_, fh) = fs
+                let fh = fs
                     .create(IMPORT_INO, &name, 0o644, false, 0, 0)
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .1
+                    .fh;
                 assert_eq!(fs.write(fh, 4096, vec![1; 10]).await, Err(Errno::EINVAL));
                 fs.unlink(IMPORT_INO, &name).await.unwrap();
                 fs.release(fh).await.unwrap();

@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
 use crate::fs::error::{Errno, FsResult};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
 use crate::fs::piece_cache::{PieceCache, TaskGeometry};
+use crate::fs::read::Opened;
 use crate::fs::readahead::Readahead;
 use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
@@ -152,13 +153,14 @@ impl DfcacheFs {
         self.inodes().get(ino).ok_or(Errno::ENOENT)
     }
 
-    pub(crate) fn add_handle(&self, file: OpenFile) -> u64 {
+    pub(crate) fn add_handle(&self, file: OpenFile) -> Opened {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let opened = Opened::new(fh, &file);
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::new(file));
-        fh
+        opened
     }
 
     pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -373,15 +375,7 @@ impl DfcacheFs {
 
     pub fn statfs(&self) -> FsStats {
         let (files, bytes) = self.inodes().task_count_and_bytes();
-        let (free_bytes, free_files) = match &self.config.free_space_of {
-            Some(dir) => space::free_space(dir).unwrap_or_else(|e| {
-                // Reporting the disk as full would make tools refuse to
-                // write; say why the figure is a guess instead.
-                warn!(dir = %dir.display(), error = %e, "cannot read free space; reporting it as unknown");
-                (space::UNKNOWN_FREE_BYTES, space::UNKNOWN_FREE_FILES)
-            }),
-            None => (space::UNKNOWN_FREE_BYTES, space::UNKNOWN_FREE_FILES),
-        };
+        let (free_bytes, free_files) = space::free_space(self.config.free_space_of.as_deref());
         let block = u64::from(space::BLOCK_SIZE);
         let free_blocks = free_bytes / block;
         FsStats {

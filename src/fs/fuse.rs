@@ -258,17 +258,12 @@ impl Filesystem for FuseAdapter {
                 .create(parent.0, &name, mode & !umask, exclusive, uid, gid)
                 .await
             {
-                Ok((attr, fh)) => reply.created(
+                Ok((attr, opened)) => reply.created(
                     &ttl_of(&attr),
                     &file_attr(&attr),
                     Generation(0),
-                    FileHandle(fh),
-                    // A new import, open for writing.
-                    fopen_flags(Opened {
-                        fh,
-                        keep_cache: false,
-                        direct_io: true,
-                    }),
+                    FileHandle(opened.fh),
+                    fopen_flags(opened),
                 ),
                 Err(e) => reply.error(errno(e)),
             }

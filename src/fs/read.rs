@@ -27,6 +27,17 @@ pub struct Opened {
     pub direct_io: bool,
 }
 
+impl Opened {
+    /// What the kernel is told about handle `fh` on `file`.
+    pub(crate) fn new(fh: u64, file: &OpenFile) -> Opened {
+        Opened {
+            fh,
+            keep_cache: matches!(file.node, Node::Task(_)),
+            direct_io: file.writable,
+        }
+    }
+}
+
 impl DfcacheFs {
     /// Opens a file. Task files are read-only; an import may be reopened
     /// for writing only with O_TRUNC (which starts a new import).
@@ -38,17 +49,11 @@ impl DfcacheFs {
             Node::Import(import) if write => self.reopen_for_write(import, truncate).await?,
             Node::Import(_) => {}
         }
-        let keep_cache = matches!(node, Node::Task(_));
-        let fh = self.add_handle(OpenFile {
+        Ok(self.add_handle(OpenFile {
             node,
             writable: write,
             readahead: Default::default(),
-        });
-        Ok(Opened {
-            fh,
-            keep_cache,
-            direct_io: write,
-        })
+        }))
     }
 
     /// Up to `size` bytes at `offset`.

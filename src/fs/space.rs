@@ -7,6 +7,8 @@
 
 use std::path::Path;
 
+use tracing::warn;
+
 /// Block size of the reported figures.
 pub const BLOCK_SIZE: u32 = 4096;
 
@@ -14,13 +16,26 @@ pub const BLOCK_SIZE: u32 = 4096;
 /// node daemon, fed over its socket, whose disk this process cannot see):
 /// 1 PiB, so that no tool refuses; an import the daemon cannot store still
 /// fails at close().
-pub const UNKNOWN_FREE_BYTES: u64 = 1 << 50;
+const UNKNOWN_FREE_BYTES: u64 = 1 << 50;
 
 /// Free inodes reported alongside `UNKNOWN_FREE_BYTES`.
-pub const UNKNOWN_FREE_FILES: u64 = 1 << 20;
+const UNKNOWN_FREE_FILES: u64 = 1 << 20;
 
-/// Free bytes and free inodes for unprivileged users on `dir`'s file system.
-pub fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
+/// Free bytes and free inodes for unprivileged users on `dir`'s file
+/// system; unknown (see `UNKNOWN_FREE_BYTES`) without a directory or when
+/// it cannot be read, since reporting the disk as full would make tools
+/// refuse to write.
+pub fn free_space(dir: Option<&Path>) -> (u64, u64) {
+    let Some(dir) = dir else {
+        return (UNKNOWN_FREE_BYTES, UNKNOWN_FREE_FILES);
+    };
+    statvfs(dir).unwrap_or_else(|e| {
+        warn!(dir = %dir.display(), error = %e, "cannot read free space; reporting it as unknown");
+        (UNKNOWN_FREE_BYTES, UNKNOWN_FREE_FILES)
+    })
+}
+
+fn statvfs(dir: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let mut buf = std::mem::MaybeUninit::<libc::statvfs>::uninit();

@@ -23,6 +23,7 @@ use crate::fs::filesystem::{DfcacheFs, OpenFile};
 use crate::fs::import::{Finished, ImportState, Spool, Stream};
 use crate::fs::inodes::{ImportMeta, ImportNode, Node, IMPORT_INO, ROOT_INO, TASKS_INO};
 use crate::fs::piece_cache::TaskGeometry;
+use crate::fs::read::Opened;
 use crate::grpc::client::NoProgress;
 
 /// Chunks queued between the file system and the daemon call.
@@ -40,7 +41,7 @@ impl DfcacheFs {
         exclusive: bool,
         uid: u32,
         gid: u32,
-    ) -> FsResult<(Attr, u64)> {
+    ) -> FsResult<(Attr, Opened)> {
         match parent {
             IMPORT_INO => {}
             ROOT_INO | TASKS_INO => return Err(Errno::EACCES),
@@ -53,7 +54,7 @@ impl DfcacheFs {
             }
             // Like open(O_TRUNC) of the existing file.
             let opened = self.open(existing.ino, true, true).await?;
-            return Ok((self.import_attr(&existing).await, opened.fh));
+            return Ok((self.import_attr(&existing).await, opened));
         }
         let state = self.start_import()?;
         let now = SystemTime::now();
@@ -70,12 +71,12 @@ impl DfcacheFs {
         };
         let node = self.inodes().add_import(meta, state);
         info!(name = %name.to_string_lossy(), "import started");
-        let fh = self.add_handle(OpenFile {
+        let opened = self.add_handle(OpenFile {
             node: Node::Import(node.clone()),
             writable: true,
             readahead: Default::default(),
         });
-        Ok((self.import_attr(&node).await, fh))
+        Ok((self.import_attr(&node).await, opened))
     }
 
     /// A new import's first state: a spool file, or a stream to the daemon.
