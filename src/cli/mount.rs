@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use dfcache::fs::attr::Owner;
 use dfcache::fs::{DfcacheFs, FsConfig, MountSettings};
-use dfcache::grpc::client::Client;
+use dfcache::grpc::client::{Client, Deadlines};
 use dfcache::grpc::server::{serve, ServeOptions};
 use dfcache::mapping::PathMapper;
 use dfcache::store::Store;
@@ -47,8 +47,9 @@ pub struct MountArgs {
     /// Let other users use the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// A piece fetch that takes longer fails the read with EIO (from a
-    /// daemon without range reads: a download that long without progress).
+    /// Bound on every daemon call: a lookup, listing or stat the daemon does
+    /// not answer in this long fails with ETIMEDOUT, and so does a read or
+    /// import whose transfer makes no progress for this long.
     #[arg(long, value_parser = parse_timeout, default_value = "30s")]
     pub fetch_timeout: Duration,
     /// Disk space for whole tasks downloaded from a daemon without range
@@ -82,6 +83,15 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create the spool {}", spool.display()))?;
         dfcache::fs::write::spool_dir_ok(spool)
             .with_context(|| format!("cannot write in the spool {}", spool.display()))?;
+        match dfcache::fs::write::remove_stale_spool_files(spool) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(spool = %spool.display(), files = n, "removed the spool files of a mount that is gone")
+            }
+            Err(e) => {
+                warn!(spool = %spool.display(), error = %e, "cannot look for stale spool files")
+            }
+        }
     }
 
     let (daemon, socket) = match &args.embedded {
@@ -91,7 +101,13 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         }
         None => (None, global.endpoint.clone()),
     };
-    let client = Client::with_windows(&socket, dfcache::grpc::Windows::BOUNDED);
+    // Every daemon call of the mount is bounded by --fetch-timeout: a frozen
+    // daemon must not hang the programs (and kubelet) touching the mount.
+    let client =
+        Client::with_windows(&socket, dfcache::grpc::Windows::BOUNDED).with_deadlines(Deadlines {
+            call: args.fetch_timeout,
+            progress: args.fetch_timeout,
+        });
     match client.probe_streaming().await {
         Ok(false) if args.spool.is_none() => bail!(
             "the daemon at {} has no streaming RPCs (a released dfdaemon): it imports files by path, so \
@@ -100,7 +116,10 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
             socket.display()
         ),
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "cannot ask the daemon whether it streams yet; assuming it does"),
+        Err(e) => warn!(
+            error = %e,
+            "cannot ask the daemon whether it streams yet; asking again when it first answers"
+        ),
     }
     // Owner of the fixed entries: the user running the mount.
     // SAFETY: getuid/getgid cannot fail.

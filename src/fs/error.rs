@@ -21,6 +21,9 @@ impl Errno {
     pub const ENODATA: Errno = Errno(libc::ENODATA);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 }
 
 pub type FsResult<T> = Result<T, Errno>;
@@ -28,8 +31,15 @@ pub type FsResult<T> = Result<T, Errno>;
 impl From<&ClientError> for Errno {
     fn from(err: &ClientError) -> Self {
         let errno = Errno(err.errno());
-        if errno == Errno::EIO {
-            warn!(error = %err, "daemon call failed; answering EIO");
+        match errno {
+            Errno::EIO | Errno::ETIMEDOUT => {
+                warn!(error = %err, errno = errno.0, "daemon call failed")
+            }
+            Errno::EOPNOTSUPP => warn!(
+                error = %err,
+                "the daemon lacks the streaming RPCs (a released dfdaemon): mount with --spool DIR"
+            ),
+            _ => {}
         }
         errno
     }

@@ -8,7 +8,7 @@
 //! import/<n>   written to create tasks (see import.rs)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,13 +26,19 @@ use crate::fs::read::Opened;
 use crate::fs::readahead::Readahead;
 use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
-use crate::grpc::client::{Client, ImportOptions};
+use crate::grpc::client::{Client, ClientError, Code, ImportOptions};
+use crate::grpc::pb::dfdaemon::StatLocalPersistentCacheTaskResponse;
 use crate::mapping::PathMapper;
 use crate::store::piece::default_piece_length;
 use crate::store::task_id::is_task_id;
 
 /// In-flight fetch budget when read-ahead is off or tiny.
 const MIN_INFLIGHT: u64 = 8 << 20;
+
+/// A known task is asked of the daemon again at its next lookup once this
+/// long has passed, so a deleted or expired task stops resolving (the
+/// kernel's entry for it lives as long).
+pub const REVALIDATE_AFTER: Duration = Duration::from_secs(5);
 
 /// The xattr that holds a file's task id.
 pub const TASK_ID_XATTR: &str = "user.dfcache.task_id";
@@ -97,6 +103,10 @@ pub struct DfcacheFs {
     pub(crate) cache: Arc<PieceCache>,
     pub(crate) task_files: TaskFiles,
     pub(crate) handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Listings taken at opendir: a directory of thousands of tasks is
+    /// asked of the daemon once per opendir, not once per readdir call,
+    /// and its offsets stay stable while tasks come and go.
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
     /// Task ids recently found unknown, so repeated lookups of a wrong id
     /// do not hammer the daemon.
@@ -116,12 +126,7 @@ impl DfcacheFs {
             .max(MIN_INFLIGHT.min(config.cache_size / 2))
             .max(1);
         let lru_capacity = config.cache_size.saturating_sub(inflight);
-        let cache = Arc::new(PieceCache::new(
-            client.clone(),
-            lru_capacity,
-            inflight,
-            config.fetch_timeout,
-        ));
+        let cache = Arc::new(PieceCache::new(client.clone(), lru_capacity, inflight));
         let task_files = TaskFiles::new(
             client.clone(),
             config.spool.clone().unwrap_or_else(std::env::temp_dir),
@@ -135,6 +140,7 @@ impl DfcacheFs {
             cache,
             task_files,
             handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             negative: Mutex::new(HashMap::new()),
             mounted_at: SystemTime::now(),
@@ -253,13 +259,36 @@ impl DfcacheFs {
             .to_str()
             .filter(|id| is_task_id(id))
             .ok_or(Errno::ENOENT)?;
-        if let Some(task) = self.inodes().task(id) {
-            return Ok(task);
-        }
-        if self.recently_unknown(id) {
+        let known = self.inodes().task(id);
+        if let Some(task) = &known {
+            if task.confirmed_within(REVALIDATE_AFTER) {
+                return Ok(task.clone());
+            }
+        } else if self.recently_unknown(id) {
             return Err(Errno::ENOENT);
         }
-        match self.client.stat(id).await {
+        let stat = self.client.stat(id).await;
+        if let Some(task) = known {
+            return match stat {
+                Ok(_) => {
+                    task.confirm();
+                    Ok(task)
+                }
+                Err(ClientError::NotFound(_)) => {
+                    self.forget_task(id);
+                    self.remember_unknown(id);
+                    Err(Errno::ENOENT)
+                }
+                Err(e) => {
+                    // A daemon without stat (2.1.12), or one that does not
+                    // answer now: what this mount knows still stands (its
+                    // content is immutable); reads say if it is gone.
+                    debug!(task_id = id, error = %e, "cannot confirm a known task; keeping it");
+                    Ok(task)
+                }
+            };
+        }
+        match stat {
             Ok(task) => {
                 let created = task
                     .created_at
@@ -274,6 +303,15 @@ impl DfcacheFs {
                     piece_length,
                 };
                 Ok(self.inodes().add_task(geometry, created))
+            }
+            Err(ClientError::Daemon {
+                code: Code::Unimplemented,
+                ..
+            }) => {
+                // A daemon without stat (2.1.12): only what this mount
+                // imported or listed can be known.
+                debug!(task_id = id, "the daemon cannot stat tasks; unknown id");
+                Err(Errno::ENOENT)
             }
             Err(e) => {
                 let errno = Errno::from(&e);
@@ -315,13 +353,35 @@ impl DfcacheFs {
             .remove(id);
     }
 
+    /// Opens a directory: its listing, kept until releasedir.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let entries = self.readdir(ino).await?;
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.lock_dirs().insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The listing taken when `fh` was opened.
+    pub fn dir_listing(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        self.lock_dirs().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.lock_dirs().remove(&fh);
+    }
+
+    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<DirEntry>>>> {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entries of directory `ino`, asked of the daemon for `tasks/`.
     pub async fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let dir = |ino, name: &str| DirEntry {
             ino,
             kind: Kind::Directory,
             name: name.into(),
         };
-        let mut entries = match ino {
+        let mut entries: Vec<DirEntry> = match ino {
             ROOT_INO => vec![
                 dir(ROOT_INO, "."),
                 dir(ROOT_INO, ".."),
@@ -334,7 +394,27 @@ impl DfcacheFs {
         };
         match ino {
             TASKS_INO => {
-                let tasks = self.client.list_local().await.map_err(Errno::from)?;
+                let tasks = match self.client.list_local().await {
+                    Ok(tasks) => tasks,
+                    Err(ClientError::Daemon {
+                        code: Code::Unimplemented,
+                        ..
+                    }) => {
+                        // A daemon without the listing (dragonfly-api
+                        // 2.1.12): what this mount imported or opened.
+                        debug!(
+                            "the daemon cannot list its tasks; listing the tasks this mount knows"
+                        );
+                        entries.extend(self.inodes().known_tasks().iter().map(|t| DirEntry {
+                            ino: t.ino,
+                            kind: Kind::File,
+                            name: (*t.geometry.id).into(),
+                        }));
+                        return Ok(entries);
+                    }
+                    Err(e) => return Err(Errno::from(e)),
+                };
+                self.forget_unlisted(&tasks);
                 let mut inodes = self.inodes();
                 for t in tasks {
                     let content_length = t.content_length.unwrap_or(0);
@@ -371,6 +451,31 @@ impl DfcacheFs {
             _ => {}
         }
         Ok(entries)
+    }
+
+    /// Known tasks the daemon no longer lists were deleted or expired:
+    /// their names stop resolving and their cached pieces go, so `ls`,
+    /// `stat` and reads agree. (Tasks opened by id from the P2P network are
+    /// not local, so they are asked for again at their next lookup.)
+    fn forget_unlisted(&self, listed: &[StatLocalPersistentCacheTaskResponse]) {
+        let listed: HashSet<&str> = listed.iter().map(|t| t.task_id.as_str()).collect();
+        let gone: Vec<Arc<TaskNode>> = self
+            .inodes()
+            .known_tasks()
+            .into_iter()
+            .filter(|t| !listed.contains(&*t.geometry.id))
+            .collect();
+        for task in gone {
+            self.forget_task(&task.geometry.id);
+        }
+    }
+
+    /// A task that is gone: its name, its cached pieces.
+    pub(crate) fn forget_task(&self, id: &str) {
+        if self.inodes().forget_task(id).is_some() {
+            debug!(task_id = id, "task is gone from the daemon; forgotten");
+        }
+        self.cache.forget_task(id);
     }
 
     pub fn statfs(&self) -> FsStats {

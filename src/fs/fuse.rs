@@ -19,11 +19,12 @@ use tokio::runtime::Handle;
 use crate::fs::attr::{Attr, Kind, SetAttr};
 use crate::fs::error::Errno;
 use crate::fs::filesystem::DfcacheFs;
-use crate::fs::inodes::{IMPORT_INO, ROOT_INO, TASKS_INO};
 use crate::fs::read::Opened;
 
-/// Task content never changes: the kernel may keep its attributes.
-const TASK_TTL: Duration = Duration::from_secs(3600);
+/// Task content never changes, but a task can be deleted or expire: the
+/// kernel asks again after this long, so `stat` notices (the page cache is
+/// kept across opens regardless: FOPEN_KEEP_CACHE).
+const TASK_TTL: Duration = crate::fs::filesystem::REVALIDATE_AFTER;
 /// Directories and imports change: keep them briefly only.
 const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Largest request the kernel sends (max_pages_limit = 256 pages).
@@ -176,38 +177,51 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match ino.0 {
-            ROOT_INO | TASKS_INO | IMPORT_INO => reply.opened(FileHandle(0), FopenFlags::empty()),
-            _ => reply.error(FuseErrno::ENOTDIR),
-        }
+        self.spawn(move |fs| async move {
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.readdir(ino.0).await {
-                Ok(entries) => {
-                    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                        let kind = if e.kind == Kind::Directory {
-                            FileType::Directory
-                        } else {
-                            FileType::RegularFile
-                        };
-                        if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
-                            break;
-                        }
+        // From the snapshot taken at opendir: nothing here waits.
+        match self.fs.dir_listing(fh.0) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    let kind = if e.kind == Kind::Directory {
+                        FileType::Directory
+                    } else {
+                        FileType::RegularFile
+                    };
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
+                        break;
                     }
-                    reply.ok();
                 }
-                Err(e) => reply.error(errno(e)),
+                reply.ok();
             }
-        });
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -319,12 +333,11 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Nothing is durable before close(): the task exists only then.
-        reply.ok();
+        self.spawn(move |fs| async move { reply_empty(fs.fsync(fh.0).await, reply) });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -46,6 +46,9 @@ pub struct Stream {
     /// may start at.
     written: u64,
     call: JoinHandle<ClientResult<WriteSummary>>,
+    /// The call's result, once it ended before the stream did (the daemon
+    /// refused it or stopped taking chunks).
+    ended: Option<ClientResult<WriteSummary>>,
 }
 
 /// A spooled import: written at any offset, uploaded on close.
@@ -62,16 +65,23 @@ pub struct Finished {
     pub piece_length: u64,
 }
 
-impl From<WriteSummary> for Finished {
-    /// A daemon that does not report the piece length (2.1.12) gets the
+impl Finished {
+    /// What an import of `sent` bytes became. A daemon of dragonfly-api
+    /// 2.1.12 answers with the task id alone: the size is then the bytes
+    /// sent (which the daemon hashed into that id) and the piece length the
     /// default rule's.
-    fn from(summary: WriteSummary) -> Self {
+    pub fn of(summary: WriteSummary, sent: u64) -> Self {
+        let content_length = if summary.content_length == 0 {
+            sent
+        } else {
+            summary.content_length
+        };
         let piece_length = Some(summary.piece_length)
             .filter(|&p| p > 0)
-            .unwrap_or_else(|| default_piece_length(summary.content_length));
+            .unwrap_or_else(|| default_piece_length(content_length));
         Finished {
             task_id: summary.task_id,
-            content_length: summary.content_length,
+            content_length,
             piece_length,
         }
     }
@@ -87,6 +97,7 @@ impl Stream {
             buf: BytesMut::with_capacity(CHUNK_SIZE),
             written: 0,
             call,
+            ended: None,
         }
     }
 
@@ -131,14 +142,30 @@ impl Stream {
     }
 
     async fn send(&mut self, chunk: Bytes) -> FsResult<()> {
+        if let Some(ended) = &self.ended {
+            return Err(ended_errno(ended));
+        }
         let tx = self.tx.as_ref().ok_or(Errno::EIO)?;
         if tx.send(Ok(chunk)).await.is_err() {
-            // The call ended early: the daemon refused or went away. Its
-            // error comes out of finish(); the write fails now.
-            warn!("the daemon stopped accepting this import");
-            return Err(Errno::EIO);
+            // The call ended early: the daemon refused, went away or
+            // stopped taking chunks. The write fails now with its reason,
+            // and finish() returns the same.
+            self.tx.take();
+            let ended = self.call_result().await;
+            let errno = ended_errno(&ended);
+            self.ended = Some(ended);
+            return Err(errno);
         }
         Ok(())
+    }
+
+    async fn call_result(&mut self) -> ClientResult<WriteSummary> {
+        (&mut self.call).await.unwrap_or_else(|e| {
+            Err(crate::grpc::client::ClientError::io(
+                "import call",
+                std::io::Error::other(e),
+            ))
+        })
     }
 
     /// Sends what is buffered, ends the stream and waits for the daemon's
@@ -149,11 +176,11 @@ impl Stream {
             let _ = self.send_buffered().await;
         }
         self.tx.take();
-        let summary = self.call.await.map_err(|e| {
-            warn!(error = %e, "import call panicked");
-            Errno::EIO
-        })?;
-        Ok(Finished::from(summary.map_err(Errno::from)?))
+        let summary = match self.ended.take() {
+            Some(ended) => ended,
+            None => self.call_result().await,
+        };
+        Ok(Finished::of(summary.map_err(Errno::from)?, self.written))
     }
 
     /// Aborts the stream: the daemon sees no finished message and stores
@@ -164,6 +191,15 @@ impl Stream {
         }
         // The call ends on its own once the stream is dropped.
         drop(self.call);
+    }
+}
+
+/// The errno of a call that ended before its stream did; a success there
+/// (impossible without the finished message) is a broken stream too.
+fn ended_errno(ended: &ClientResult<WriteSummary>) -> Errno {
+    match ended {
+        Err(e) => Errno::from(e),
+        Ok(_) => Errno::EIO,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::fs::import::ImportState;
 use crate::fs::piece_cache::TaskGeometry;
@@ -23,6 +23,22 @@ pub struct TaskNode {
     pub ino: u64,
     pub geometry: TaskGeometry,
     pub created: SystemTime,
+    /// When the daemon last said the task exists (a stat, listing or read).
+    pub confirmed: Mutex<Instant>,
+}
+
+impl TaskNode {
+    pub fn confirmed_within(&self, limit: std::time::Duration) -> bool {
+        self.confirmed
+            .lock()
+            .is_ok_and(|at| at.elapsed() < limit)
+    }
+
+    pub fn confirm(&self) {
+        if let Ok(mut at) = self.confirmed.lock() {
+            *at = Instant::now();
+        }
+    }
 }
 
 /// A file in `import/`.
@@ -86,6 +102,7 @@ impl Inodes {
     /// The task's node, created on first sight; a known task keeps its inode.
     pub fn add_task(&mut self, geometry: TaskGeometry, created: SystemTime) -> Arc<TaskNode> {
         if let Some(node) = self.tasks.get(&geometry.id) {
+            node.confirm();
             return node.clone();
         }
         let ino = self.allocate();
@@ -93,10 +110,24 @@ impl Inodes {
             ino,
             geometry,
             created,
+            confirmed: Mutex::new(Instant::now()),
         });
         self.tasks.insert(node.geometry.id.clone(), node.clone());
         self.nodes.insert(ino, Node::Task(node.clone()));
         node
+    }
+
+    /// The tasks this mount knows (imported, opened or listed).
+    pub fn known_tasks(&self) -> Vec<Arc<TaskNode>> {
+        let mut tasks: Vec<_> = self.tasks.values().cloned().collect();
+        tasks.sort_by(|a, b| a.geometry.id.cmp(&b.geometry.id));
+        tasks
+    }
+
+    /// Forgets a task that is gone: its name no longer resolves here (a
+    /// lookup asks the daemon again); open handles keep their node.
+    pub fn forget_task(&mut self, id: &str) -> Option<Arc<TaskNode>> {
+        self.tasks.remove(id)
     }
 
     pub fn import(&self, name: &OsStr) -> Option<Arc<ImportNode>> {

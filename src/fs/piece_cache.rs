@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
@@ -84,7 +83,6 @@ pub struct PieceCache {
     /// Read-ahead fetches at once: a few, in order, beat many in parallel
     /// (they share one socket and the demanded piece would queue behind).
     prefetch_slots: Arc<Semaphore>,
-    fetch_timeout: Duration,
     fetches: AtomicU64,
 }
 
@@ -102,7 +100,9 @@ enum Found {
 
 impl PieceCache {
     /// `capacity`: cached bytes; `inflight`: bytes being fetched at once.
-    pub fn new(client: Client, capacity: u64, inflight: u64, fetch_timeout: Duration) -> Self {
+    /// Fetches are bounded by the client's deadlines: a piece whose bytes
+    /// stop coming fails, a slow one that keeps coming does not.
+    pub fn new(client: Client, capacity: u64, inflight: u64) -> Self {
         let budget_units = u32::try_from(inflight.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX >> 4);
         Self {
             client,
@@ -115,7 +115,6 @@ impl PieceCache {
             budget: Arc::new(Semaphore::new(budget_units as usize)),
             budget_units,
             prefetch_slots: Arc::new(Semaphore::new(prefetch_parallelism())),
-            fetch_timeout,
             fetches: AtomicU64::new(0),
         }
     }
@@ -123,6 +122,22 @@ impl PieceCache {
     /// How many pieces were fetched from the daemon so far.
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Drops the cached pieces of a task that is gone (deleted or expired).
+    pub fn forget_task(&self, id: &str) {
+        let mut lru = self.lock_lru();
+        let gone: Vec<PieceKey> = lru
+            .map
+            .iter()
+            .filter(|(key, _)| &*key.0 == id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            if let Some(piece) = lru.map.pop(&key) {
+                lru.bytes -= piece.len() as u64;
+            }
+        }
     }
 
     pub fn cached_bytes(&self) -> u64 {
@@ -282,8 +297,8 @@ impl PieceCache {
         Ok(out.freeze())
     }
 
-    /// A range read within the in-flight budget and the fetch timeout;
-    /// each chunk goes to `sink` as it arrives.
+    /// A range read within the in-flight budget; each chunk goes to `sink`
+    /// as it arrives.
     async fn bounded(
         &self,
         task: &TaskGeometry,
@@ -299,28 +314,19 @@ impl PieceCache {
             .acquire_many(units)
             .await
             .map_err(|_| Errno::EIO)?;
-        let read = async {
-            let range = ReadRange {
-                offset,
-                length: Some(len),
-            };
-            let mut reader = self
-                .client
-                .read_task(&task.id, range)
-                .await
-                .map_err(Errno::from)?;
-            while let Some((_, chunk)) = reader.next_chunk().await.map_err(Errno::from)? {
-                sink(chunk);
-            }
-            Ok(())
+        let range = ReadRange {
+            offset,
+            length: Some(len),
         };
-        match tokio::time::timeout(self.fetch_timeout, read).await {
-            Ok(result) => result,
-            Err(_) => {
-                warn!(task_id = %task.id, offset, len, timeout = ?self.fetch_timeout, "daemon read timed out; answering EIO");
-                Err(Errno::EIO)
-            }
+        let mut reader = self
+            .client
+            .read_task(&task.id, range)
+            .await
+            .map_err(Errno::from)?;
+        while let Some((_, chunk)) = reader.next_chunk().await.map_err(Errno::from)? {
+            sink(chunk);
         }
+        Ok(())
     }
 
     fn insert(&self, key: PieceKey, piece: Bytes) {

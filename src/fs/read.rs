@@ -75,8 +75,20 @@ impl DfcacheFs {
                 }
             }
         };
-        self.read_task(&geometry, &file.readahead, offset, size)
+        match self
+            .read_task(&geometry, &file.readahead, offset, size)
             .await
+        {
+            Err(Errno::ENOENT) => {
+                // Deleted or expired while open: what the kernel cached
+                // still reads; the rest is ESTALE (as NFS says of a file
+                // gone under an open handle), and the name stops resolving.
+                tracing::info!(task_id = %geometry.id, "task is gone from the daemon while open");
+                self.forget_task(&geometry.id);
+                Err(Errno::ESTALE)
+            }
+            other => other,
+        }
     }
 
     async fn read_task(
@@ -92,7 +104,7 @@ impl DfcacheFs {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        if self.client.is_legacy() {
+        if !self.client.streams().await.map_err(Errno::from)? {
             // No range reads on this daemon: whole-task downloads instead.
             return self.task_files.read(task, offset, end).await;
         }

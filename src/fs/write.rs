@@ -99,6 +99,13 @@ impl DfcacheFs {
                 size: 0,
             }));
         }
+        if self.client.is_legacy() {
+            // Found out after the mount started (the daemon came up later).
+            warn!(
+                "the daemon has no streaming RPCs (a released dfdaemon): imports need --spool DIR"
+            );
+            return Err(Errno::EOPNOTSUPP);
+        }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let client = self.client.clone();
         let options = self.config.import.clone();
@@ -183,6 +190,15 @@ impl DfcacheFs {
             return Ok(());
         }
         self.finish(node, &mut state).await
+    }
+
+    /// fsync() of an import commits it: the bytes written so far become the
+    /// task, and 0 is returned only once the daemon has stored it (so a
+    /// crash of the mount right after loses nothing). Later writes fail
+    /// with EIO, as after a close. With nothing written yet there is
+    /// nothing to lose: 0, and the import stays open.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh).await
     }
 
     /// The last close of a handle: commits what flush left uncommitted.
@@ -283,8 +299,9 @@ impl DfcacheFs {
                 }
                 errno
             });
+        let size = spool.size;
         spool.discard();
-        Ok(Finished::from(result?))
+        Ok(Finished::of(result?, size))
     }
 
     /// A finished import's task opens under `tasks/` at once.
@@ -311,6 +328,38 @@ impl DfcacheFs {
             other => *state = other,
         }
     }
+}
+
+/// Removes the spool files of mounts that are no longer running (a mount
+/// killed mid-import leaves its file behind; its name carries its pid).
+/// Files of a live mount sharing the directory are left alone. Returns how
+/// many were removed.
+pub fn remove_stale_spool_files(dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("import-"))
+            .filter(|n| n.ends_with(".spool"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive =
+            pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    warn!(path = %entry.path().display(), error = %e, "cannot remove a stale spool file")
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Where spool files go; used by the mount's start-up checks.

@@ -9,8 +9,9 @@ mod read;
 mod source;
 mod write;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::grpc::socket::{connect_channel_with, Windows, GRPC_MAX_MESSAGE};
 pub use error::{ClientError, ClientResult};
 pub use legacy::{DownloadedPiece, PieceStream};
 pub use read::{ReadRange, TaskReader};
+pub use tonic::Code;
 pub use write::{ChunkReceiver, WriteSummary};
 
 /// Receives transfer progress; the CLI draws bars with it, the mount ignores it.
@@ -50,12 +52,43 @@ pub struct ImportOptions {
     pub timeout: Option<Duration>,
 }
 
+/// How long the client waits on the daemon. Every call has one of these
+/// bounds, so a frozen daemon (one whose socket still accepts) gives an
+/// error instead of a hang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// A unary call (stat, list, delete, the capability probe) and the
+    /// first answer of a stream.
+    pub call: Duration,
+    /// A transfer that moves no byte for this long fails; a slow transfer
+    /// that keeps moving (a big P2P download) is never cut off by this.
+    pub progress: Duration,
+}
+
+impl Default for Deadlines {
+    /// For the CLI: a daemon answers a stat within seconds; a P2P download
+    /// may wait on peers for minutes between pieces.
+    fn default() -> Self {
+        Deadlines {
+            call: Duration::from_secs(30),
+            progress: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What the client knows of the daemon's RPCs.
+const UNKNOWN: u8 = 0;
+const STREAMING: u8 = 1;
+const LEGACY: u8 = 2;
+
 #[derive(Clone)]
 pub struct Client {
     rpc: DfdaemonDownloadClient<Channel>,
     socket: PathBuf,
-    /// Set once the daemon answered UNIMPLEMENTED to a streaming RPC.
-    legacy: Arc<AtomicBool>,
+    /// UNKNOWN until a probe or a streaming call got an answer; LEGACY once
+    /// the daemon answered UNIMPLEMENTED to a streaming RPC.
+    mode: Arc<AtomicU8>,
+    deadlines: Deadlines,
 }
 
 impl Client {
@@ -73,22 +106,46 @@ impl Client {
         Self {
             rpc,
             socket: socket.to_path_buf(),
-            legacy: Arc::new(AtomicBool::new(false)),
+            mode: Arc::new(AtomicU8::new(UNKNOWN)),
+            deadlines: Deadlines::default(),
         }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// The same client with other deadlines.
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
     }
 
     /// Whether the daemon is known to lack the streaming RPCs.
     pub fn is_legacy(&self) -> bool {
-        self.legacy.load(Ordering::Relaxed)
+        self.mode.load(Ordering::Relaxed) == LEGACY
+    }
+
+    /// Whether the daemon streams: known from an earlier answer, or asked
+    /// now (so a daemon that came up after the mount gets its own RPCs).
+    pub async fn streams(&self) -> ClientResult<bool> {
+        match self.mode.load(Ordering::Relaxed) {
+            STREAMING => Ok(true),
+            LEGACY => Ok(false),
+            _ => self.probe_streaming().await,
+        }
+    }
+
+    /// Records that the daemon answered a streaming RPC.
+    fn streaming_seen(&self) {
+        let _ =
+            self.mode
+                .compare_exchange(UNKNOWN, STREAMING, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Records that the daemon lacks `rpc`; warns the first time only.
     fn fall_back(&self, rpc: &str) {
-        if !self.legacy.swap(true, Ordering::Relaxed) {
+        if self.mode.swap(LEGACY, Ordering::Relaxed) != LEGACY {
             warn!(
                 socket = %self.socket.display(),
                 rpc,
@@ -97,38 +154,52 @@ impl Client {
         }
     }
 
+    /// Runs `call` under `limit`: past it the call is dropped (which resets
+    /// its HTTP/2 stream) and `what` is reported as timed out.
+    pub(crate) async fn within<T>(
+        &self,
+        what: &'static str,
+        limit: Duration,
+        call: impl Future<Output = ClientResult<T>>,
+    ) -> ClientResult<T> {
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out(what, limit)))
+    }
+
+    pub(crate) fn timed_out(&self, what: &'static str, after: Duration) -> ClientError {
+        ClientError::TimedOut {
+            socket: self.socket.clone(),
+            what,
+            after,
+        }
+    }
+
     pub async fn stat(&self, task_id: &str) -> ClientResult<PersistentCacheTask> {
         let req = StatPersistentCacheTaskRequest {
             task_id: task_id.to_string(),
             remote_ip: None,
         };
-        let resp = self.rpc.clone().stat_persistent_cache_task(req).await;
-        resp.map(|r| r.into_inner())
-            .map_err(|s| self.error(s, Some(task_id)))
-    }
-
-    pub async fn stat_local(
-        &self,
-        task_id: &str,
-    ) -> ClientResult<StatLocalPersistentCacheTaskResponse> {
-        let req = StatLocalPersistentCacheTaskRequest {
-            task_id: task_id.to_string(),
-            remote_ip: None,
-        };
-        let resp = self.rpc.clone().stat_local_persistent_cache_task(req).await;
-        resp.map(|r| r.into_inner())
-            .map_err(|s| self.error(s, Some(task_id)))
+        self.within("a stat", self.deadlines.call, async {
+            let resp = self.rpc.clone().stat_persistent_cache_task(req).await;
+            resp.map(|r| r.into_inner())
+                .map_err(|s| self.error(s, Some(task_id)))
+        })
+        .await
     }
 
     pub async fn list_local(&self) -> ClientResult<Vec<StatLocalPersistentCacheTaskResponse>> {
         let req = ListLocalPersistentCacheTasksRequest { remote_ip: None };
-        let resp = self
-            .rpc
-            .clone()
-            .list_local_persistent_cache_tasks(req)
-            .await;
-        resp.map(|r| r.into_inner().tasks)
-            .map_err(|s| self.error(s, None))
+        self.within("a listing", self.deadlines.call, async {
+            let resp = self
+                .rpc
+                .clone()
+                .list_local_persistent_cache_tasks(req)
+                .await;
+            resp.map(|r| r.into_inner().tasks)
+                .map_err(|s| self.error(s, None))
+        })
+        .await
     }
 
     pub async fn delete(&self, task_id: &str) -> ClientResult<()> {
@@ -136,7 +207,10 @@ impl Client {
             task_id: task_id.to_string(),
             remote_ip: None,
         };
-        match self.rpc.clone().delete_persistent_cache_task(req).await {
+        let call = self.within("a delete", self.deadlines.call, async {
+            Ok(self.rpc.clone().delete_persistent_cache_task(req).await)
+        });
+        match call.await? {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::Unimplemented => Err(ClientError::Unsupported {
                 socket: self.socket.clone(),

@@ -133,6 +133,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// A daemon of dragonfly-api 2.1.12 has only the two streaming RPCs.
+    fn refuse_beyond_streaming(&self, rpc: &str) -> Result<(), Status> {
+        if self.emulate == Emulation::Api2_1_12 {
+            return Err(Status::unimplemented(format!(
+                "{rpc} is not implemented by this daemon"
+            )));
+        }
+        Ok(())
+    }
+
     /// Released dfdaemon (1.5.10) reports an unknown task as INTERNAL with
     /// "not found" in the message, not NOT_FOUND; the legacy emulation
     /// does the same so the client's handling of it is tested.
@@ -210,6 +220,7 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<DownloadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
+        self.refuse_beyond_streaming("DownloadPersistentCacheTask")?;
         let order = match self.emulate {
             Emulation::Legacy => match self.legacy_piece_delay {
                 Some(delay) => download::PieceOrder::Paced(delay),
@@ -227,6 +238,7 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<UploadPersistentCacheTaskRequest>,
     ) -> Result<Response<PersistentCacheTask>, Status> {
+        self.refuse_beyond_streaming("UploadPersistentCacheTask")?;
         let req = request.into_inner();
         let path = PathBuf::from(&req.path);
         let span = info_span!("upload", path = %path.display());
@@ -265,6 +277,7 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<StatPersistentCacheTaskRequest>,
     ) -> Result<Response<PersistentCacheTask>, Status> {
+        self.refuse_beyond_streaming("StatPersistentCacheTask")?;
         let meta = self
             .store
             .get(&request.into_inner().task_id)
@@ -276,6 +289,7 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<StatLocalPersistentCacheTaskRequest>,
     ) -> Result<Response<StatLocalPersistentCacheTaskResponse>, Status> {
+        self.refuse_beyond_streaming("StatLocalPersistentCacheTask")?;
         let meta = self
             .store
             .get(&request.into_inner().task_id)
@@ -287,6 +301,7 @@ impl DfdaemonDownload for Daemon {
         &self,
         _request: Request<ListLocalPersistentCacheTasksRequest>,
     ) -> Result<Response<ListLocalPersistentCacheTasksResponse>, Status> {
+        self.refuse_beyond_streaming("ListLocalPersistentCacheTasks")?;
         let tasks = self.store.list().iter().map(stat_local).collect();
         Ok(Response::new(ListLocalPersistentCacheTasksResponse {
             tasks,
@@ -297,6 +312,7 @@ impl DfdaemonDownload for Daemon {
         &self,
         request: Request<DeletePersistentCacheTaskRequest>,
     ) -> Result<Response<()>, Status> {
+        self.refuse_beyond_streaming("DeletePersistentCacheTask")?;
         if self.emulate == Emulation::Legacy {
             // Upstream has delete only on its upload service.
             return Err(Status::unimplemented(

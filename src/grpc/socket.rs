@@ -5,6 +5,7 @@
 //! message limit above the 1 MiB chunks plus protobuf framing.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -19,6 +20,15 @@ pub const GRPC_CONNECTION_WINDOW: u32 = 64 << 20;
 /// Largest message either end decodes. Chunks are 1 MiB and pieces up to
 /// 64 MiB (legacy piece content), plus framing.
 pub const GRPC_MAX_MESSAGE: usize = (64 << 20) + (1 << 16);
+
+/// HTTP/2 keepalive: a PING every interval on an idle or busy connection,
+/// and a connection whose PING is unanswered for the timeout is closed, so
+/// a frozen or vanished daemon is noticed and the next call reconnects
+/// instead of queueing behind a dead connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Dialing the socket (a daemon whose accept backlog is full never answers).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// HTTP/2 receive windows: how much the daemon may send ahead of what the
 /// client has read. Large windows are fastest for one big transfer; a
@@ -58,6 +68,10 @@ pub fn connect_channel_with(socket: &Path, windows: Windows) -> Channel {
         .max_frame_size(GRPC_FRAME_SIZE)
         .initial_stream_window_size(windows.stream)
         .initial_connection_window_size(windows.connection)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_timeout(CONNECT_TIMEOUT)
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }

@@ -28,6 +28,14 @@ pub enum ClientError {
     AlreadyExists { message: String },
     #[error("the daemon failed ({code:?}): {message}")]
     Daemon { code: Code, message: String },
+    /// The daemon accepted the connection but did not answer (a frozen or
+    /// overloaded daemon): the mount says ETIMEDOUT.
+    #[error("the daemon at {socket} did not answer {what} within {after:?}")]
+    TimedOut {
+        socket: PathBuf,
+        what: &'static str,
+        after: std::time::Duration,
+    },
     #[error("the daemon sent a malformed response: {0}")]
     Protocol(String),
     #[error("{context}: {source}")]
@@ -92,6 +100,11 @@ impl ClientError {
             ClientError::NoSpace { .. } => libc::ENOSPC,
             ClientError::InvalidArgument { .. } => libc::EINVAL,
             ClientError::AlreadyExists { .. } => libc::EEXIST,
+            ClientError::TimedOut { .. } => libc::ETIMEDOUT,
+            ClientError::Daemon {
+                code: Code::Unimplemented,
+                ..
+            } => libc::EOPNOTSUPP,
             ClientError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
         }

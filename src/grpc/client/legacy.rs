@@ -2,6 +2,7 @@
 //! opens, and download to a path it writes or as piece content.
 
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::Streaming;
@@ -29,13 +30,17 @@ pub struct PieceStream {
     task_id: String,
     socket: std::path::PathBuf,
     content_length: Option<u64>,
+    /// A piece that takes longer than this to come fails the download.
+    progress: Duration,
 }
 
 impl Client {
-    /// Asks the daemon to import the file at `daemon_path` (as it sees it).
+    /// Asks the daemon to import the file at `daemon_path` (as it sees it),
+    /// `size` bytes long.
     pub async fn upload_task(
         &self,
         daemon_path: &Path,
+        size: u64,
         options: &ImportOptions,
     ) -> ClientResult<PersistentCacheTask> {
         let req = UploadPersistentCacheTaskRequest {
@@ -49,9 +54,16 @@ impl Client {
             timeout: options.timeout.map(duration_to_proto),
             remote_ip: None,
         };
-        let resp = self.rpc.clone().upload_persistent_cache_task(req).await;
-        resp.map(|r| r.into_inner())
-            .map_err(|s| self.error(s, None))
+        // The daemon reads (or links) the whole file before it answers:
+        // the deadline grows with the size, at a pace any disk keeps.
+        const SLOWEST_UPLOAD: u64 = 32 << 20;
+        let limit = self.deadlines.call + Duration::from_secs(size / SLOWEST_UPLOAD);
+        self.within("an upload", limit, async {
+            let resp = self.rpc.clone().upload_persistent_cache_task(req).await;
+            resp.map(|r| r.into_inner())
+                .map_err(|s| self.error(s, None))
+        })
+        .await
     }
 
     /// Starts a legacy download. With `output_path` the daemon writes the
@@ -78,17 +90,21 @@ impl Client {
             overwrite,
         };
         let stream = self
-            .rpc
-            .clone()
-            .download_persistent_cache_task(req)
-            .await
-            .map_err(|s| self.error(s, Some(task_id)))?
+            .within("a download", self.deadlines.call, async {
+                self.rpc
+                    .clone()
+                    .download_persistent_cache_task(req)
+                    .await
+                    .map_err(|s| self.error(s, Some(task_id)))
+            })
+            .await?
             .into_inner();
         Ok(PieceStream {
             stream,
             task_id: task_id.to_string(),
             socket: self.socket.clone(),
             content_length: None,
+            progress: self.deadlines.progress,
         })
     }
 }
@@ -102,10 +118,13 @@ impl PieceStream {
     /// The next piece, or None when the daemon finished.
     pub async fn next_piece(&mut self) -> ClientResult<Option<DownloadedPiece>> {
         loop {
-            let msg = self
-                .stream
-                .message()
+            let msg = tokio::time::timeout(self.progress, self.stream.message())
                 .await
+                .map_err(|_| ClientError::TimedOut {
+                    socket: self.socket.clone(),
+                    what: "the next piece of a download",
+                    after: self.progress,
+                })?
                 .map_err(|s| ClientError::from_status(s, Some(&self.task_id), &self.socket))?;
             let Some(resp) = msg else {
                 return Ok(None);

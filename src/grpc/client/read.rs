@@ -35,6 +35,8 @@ pub struct TaskReader {
     pending: Option<Option<Msg>>,
     socket: std::path::PathBuf,
     finished: bool,
+    /// A message that takes longer than this to come fails the read.
+    progress: std::time::Duration,
 }
 
 impl Client {
@@ -47,7 +49,10 @@ impl Client {
             offset: Some(range.offset),
             length: range.length,
         };
-        let stream = match self.rpc.clone().read_persistent_cache_task(req).await {
+        let call = self.within("a read", self.deadlines.call, async {
+            Ok(self.rpc.clone().read_persistent_cache_task(req).await)
+        });
+        let stream = match call.await? {
             Ok(resp) => resp.into_inner(),
             Err(s) if s.code() == Code::Unimplemented => {
                 self.fall_back("ReadPersistentCacheTask");
@@ -55,6 +60,7 @@ impl Client {
             }
             Err(s) => return Err(self.error(s, Some(task_id))),
         };
+        self.streaming_seen();
         let mut reader = TaskReader {
             stream,
             task_id: task_id.to_string(),
@@ -66,6 +72,7 @@ impl Client {
             pending: None,
             socket: self.socket.clone(),
             finished: false,
+            progress: self.deadlines.progress,
         };
         reader.peek_started().await?;
         Ok(reader)
@@ -203,7 +210,14 @@ impl TaskReader {
     }
 
     async fn recv(&mut self) -> ClientResult<Option<Msg>> {
-        match self.stream.message().await {
+        let message = tokio::time::timeout(self.progress, self.stream.message())
+            .await
+            .map_err(|_| ClientError::TimedOut {
+                socket: self.socket.clone(),
+                what: "the next chunk of a read",
+                after: self.progress,
+            })?;
+        match message {
             Ok(Some(ReadPersistentCacheTaskResponse {
                 response: Some(msg),
             })) => Ok(Some(msg)),
@@ -228,7 +242,10 @@ impl Client {
     /// which also switches this client to the legacy RPCs).
     pub async fn probe_streaming(&self) -> ClientResult<bool> {
         match self.read_task(&"0".repeat(64), ReadRange::default()).await {
-            Ok(_) | Err(ClientError::NotFound(_)) => Ok(true),
+            Ok(_) | Err(ClientError::NotFound(_)) => {
+                self.streaming_seen();
+                Ok(true)
+            }
             Err(ClientError::Daemon {
                 code: Code::Unimplemented,
                 ..

@@ -1,12 +1,13 @@
 //! Creating tasks: the streaming write from any async reader, and
 //! `import_file`, which falls back to the legacy path upload.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::debug;
@@ -75,23 +76,52 @@ impl Client {
             piece_length: options.piece_length,
             content_for_calculating_task_id: options.content_for_calculating_task_id.clone(),
         };
-        let (source_result_tx, source_result_rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let result = pump(chunks, started, &tx, progress).await;
+        let progress_limit = self.deadlines.progress;
+        let socket = self.socket.clone();
+        let mut pumped = tokio::spawn(async move {
             // Dropping tx without the finished message tells the daemon the
             // stream is broken, so it stores nothing.
-            let _ = source_result_tx.send(result);
+            pump(chunks, started, &tx, progress, progress_limit, socket).await
         });
-        let response = self
-            .rpc
-            .clone()
-            .write_persistent_cache_task(ReceiverStream::new(rx))
-            .await;
-        // A source error explains a refused stream better than the daemon can.
-        if let Ok(Err(source_error)) = source_result_rx.await {
-            return Err(source_error);
-        }
-        let resp = response.map_err(|s| self.error(s, None))?.into_inner();
+        let mut rpc = self.rpc.clone();
+        let call = rpc.write_persistent_cache_task(ReceiverStream::new(rx));
+        tokio::pin!(call);
+        // The call's answer comes after the finished message, or early when
+        // the daemon refuses the stream. A daemon that stops taking chunks
+        // ends the pump first (it gives up after `progress_limit`), and then
+        // the call is not waited for: a frozen daemon never answers.
+        let response = tokio::select! {
+            response = &mut call => {
+                // A source error explains a refused stream better than the
+                // daemon can.
+                if let Ok(Err(e @ ClientError::Io { .. })) = (&mut pumped).await {
+                    return Err(e);
+                }
+                response
+            }
+            pump_result = &mut pumped => {
+                match pump_result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(ClientError::io("the import's sender", std::io::Error::other(e))),
+                }
+                // Everything was sent: the daemon now commits (hash check,
+                // fsync, rename), which must not stall longer either.
+                match tokio::time::timeout(progress_limit, &mut call).await {
+                    Ok(response) => response,
+                    Err(_) => return Err(self.timed_out("the end of an import", progress_limit)),
+                }
+            }
+        };
+        let resp = match response {
+            Ok(resp) => resp.into_inner(),
+            Err(s) if s.code() == Code::Unimplemented => {
+                self.fall_back("WritePersistentCacheTask");
+                return Err(self.error(s, None));
+            }
+            Err(s) => return Err(self.error(s, None)),
+        };
+        self.streaming_seen();
         Ok(WriteSummary {
             task_id: resp.task_id,
             content_length: resp.content_length,
@@ -141,7 +171,8 @@ impl Client {
             reason: reason.to_string(),
         })?;
         debug!(path = %daemon_path.display(), "uploading by path");
-        let task = self.upload_task(daemon_path, options).await?;
+        let size = std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
+        let task = self.upload_task(daemon_path, size, options).await?;
         progress.advance(task.content_length);
         Ok(WriteSummary {
             task_id: task.id,
@@ -177,35 +208,47 @@ async fn read_chunks<R: AsyncRead + Unpin>(
 }
 
 /// Sends the started message, the chunks, then the finished message.
-/// Returns early (without finished) when the source fails.
+/// Returns early (without finished) when the source fails, and with
+/// TimedOut when the call takes no message for `limit` (a frozen daemon
+/// stops taking chunks once its flow-control window is full). Waiting for
+/// the source (a slow writer into the mount) is never timed.
 async fn pump(
     mut chunks: ChunkReceiver,
     started: WritePersistentCacheTaskStartedRequest,
     tx: &mpsc::Sender<WritePersistentCacheTaskRequest>,
     progress: Arc<dyn Progress>,
+    limit: Duration,
+    socket: PathBuf,
 ) -> ClientResult<()> {
-    let msg = |m| WritePersistentCacheTaskRequest { response: Some(m) };
-    if tx
-        .send(msg(Msg::WritePersistentCacheTaskStartedRequest(started)))
-        .await
-        .is_err()
-    {
+    let send = |m| {
+        let msg = WritePersistentCacheTaskRequest { response: Some(m) };
+        let socket = socket.clone();
+        async move {
+            match tokio::time::timeout(limit, tx.send(msg)).await {
+                // Err: the call ended (the daemon refused); its status says why.
+                Ok(sent) => Ok(sent.is_ok()),
+                Err(_) => Err(ClientError::TimedOut {
+                    socket,
+                    what: "the next chunk of an import",
+                    after: limit,
+                }),
+            }
+        }
+    };
+    if !send(Msg::WritePersistentCacheTaskStartedRequest(started)).await? {
         return Ok(());
     }
     while let Some(chunk) = chunks.recv().await {
         let content = chunk.map_err(|e| ClientError::io("read import source", e))?;
         let len = content.len() as u64;
-        let chunk = WriteChunkRequest { content };
-        if tx.send(msg(Msg::WriteChunkRequest(chunk))).await.is_err() {
-            // The call ended (the daemon refused); its status says why.
+        if !send(Msg::WriteChunkRequest(WriteChunkRequest { content })).await? {
             return Ok(());
         }
         progress.advance(len);
     }
-    let _ = tx
-        .send(msg(Msg::WritePersistentCacheTaskFinishedRequest(
-            WritePersistentCacheTaskFinishedRequest {},
-        )))
-        .await;
+    send(Msg::WritePersistentCacheTaskFinishedRequest(
+        WritePersistentCacheTaskFinishedRequest {},
+    ))
+    .await?;
     Ok(())
 }
