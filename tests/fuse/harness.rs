@@ -30,7 +30,12 @@ impl Mounted {
     }
 
     fn start(root: &Path, args: &[String]) -> Mounted {
-        let mnt = root.join("mnt");
+        Self::start_at(&root.join("mnt"), args)
+    }
+
+    /// `dfcache mount mnt ARGS`.
+    pub fn start_at(mnt: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Mounted {
+        let mnt = mnt.to_path_buf();
         let child = Command::new(bin())
             .arg("mount")
             .arg(&mnt)
@@ -55,7 +60,10 @@ impl Mounted {
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if is_mounted(&self.mnt) && std::fs::read_dir(self.mnt.join("tasks")).is_ok() {
+            // opendir of import/ is answered by the mount itself (tasks/
+            // asks the daemon, which may not be up yet), and unlike a
+            // lookup it is never answered from a dead mount's caches.
+            if is_mounted(&self.mnt) && std::fs::read_dir(self.mnt.join("import")).is_ok() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {

@@ -8,6 +8,7 @@ mod harness;
 
 mod concurrency;
 mod failures;
+mod faults;
 mod import;
 mod legacy;
 mod legacy_reads;
