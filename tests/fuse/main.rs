@@ -14,3 +14,4 @@ mod legacy;
 mod legacy_reads;
 mod misc;
 mod read;
+mod scale;
