@@ -29,9 +29,7 @@ pub struct TaskNode {
 
 impl TaskNode {
     pub fn confirmed_within(&self, limit: std::time::Duration) -> bool {
-        self.confirmed
-            .lock()
-            .is_ok_and(|at| at.elapsed() < limit)
+        self.confirmed.lock().is_ok_and(|at| at.elapsed() < limit)
     }
 
     pub fn confirm(&self) {

@@ -114,8 +114,8 @@ impl TaskFiles {
                 Ok(Err(_)) => return Err(Errno::EIO),
                 Err(_) => {
                     warn!(task_id = %download.geometry.id, timeout = ?self.stall_timeout,
-                        "download of the whole task made no progress; answering EIO");
-                    return Err(Errno::EIO);
+                        "download of the whole task made no progress; answering ETIMEDOUT");
+                    return Err(Errno::ETIMEDOUT);
                 }
             }
         }
