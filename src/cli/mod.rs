@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use dfcache::grpc::client::{Client, ImportOptions};
+use dfcache::grpc::client::{Client, Deadlines, ImportOptions};
 use dfcache::mapping::PathMapper;
 use dfcache::store::piece::MIN_PIECE_LENGTH;
 
@@ -53,6 +53,11 @@ pub struct GlobalArgs {
     /// Do not draw progress bars.
     #[arg(long, global = true, env = "DFCACHE_NO_PROGRESS")]
     pub no_progress: bool,
+    /// A daemon call (stat, ls, rm, the start of a transfer) that gets no
+    /// answer in this long fails; a transfer fails after this long without
+    /// progress (its whole length is bounded by --timeout).
+    #[arg(long, global = true, value_parser = parse_timeout, default_value = "30s", env = "DFCACHE_CALL_TIMEOUT")]
+    pub call_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,7 +156,12 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 impl GlobalArgs {
     pub fn client(&self) -> Client {
-        Client::new(&self.endpoint)
+        // No-progress allows longer than a call: a P2P download may wait on
+        // peers between pieces.
+        Client::new(&self.endpoint).with_deadlines(Deadlines {
+            call: self.call_timeout,
+            progress: self.call_timeout.max(Deadlines::default().progress),
+        })
     }
 }
 
