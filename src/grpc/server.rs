@@ -24,7 +24,7 @@ use crate::grpc::socket::{
 };
 use crate::store::{duration_to_proto, Store, StoreError, TaskMeta, WriteParams};
 
-pub use listener::{bind_socket, DEFAULT_SOCKET_MODE};
+pub use listener::{bind_socket, SocketId, DEFAULT_SOCKET_MODE};
 
 /// How the daemon behaves beyond its store.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let listener = bind_socket(socket, options.socket_mode)?;
+    let (listener, socket_id) = bind_socket(socket, options.socket_mode)?;
     let gc = store.spawn_gc(options.gc_interval);
     info!(socket = %socket.display(), "embedded daemon listening");
     let result = tonic::transport::Server::builder()
@@ -87,7 +87,7 @@ pub async fn serve(
         )
         .await;
     gc.abort();
-    let _ = std::fs::remove_file(socket);
+    socket_id.remove_if_ours(socket);
     result.map_err(ServeError::Transport)
 }
 
@@ -156,7 +156,7 @@ pub(crate) fn status_of(err: StoreError) -> Status {
         StoreError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
         StoreError::PermissionDenied { .. } => Status::permission_denied(err.to_string()),
         StoreError::NoSpace { .. } => Status::resource_exhausted(err.to_string()),
-        StoreError::Io { .. } => Status::internal(err.to_string()),
+        StoreError::InUse { .. } | StoreError::Io { .. } => Status::internal(err.to_string()),
     }
 }
 

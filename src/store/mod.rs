@@ -12,6 +12,7 @@
 mod direct;
 mod error;
 mod link;
+mod lock;
 mod meta;
 pub mod piece;
 mod range;
@@ -48,6 +49,8 @@ pub struct Store {
 }
 
 struct Inner {
+    /// Held, never read: the store's `flock` lives as long as this file.
+    _lock: File,
     tasks_dir: PathBuf,
     tmp_dir: PathBuf,
     tasks: RwLock<HashMap<String, TaskMeta>>,
@@ -63,7 +66,13 @@ struct Inner {
 impl Store {
     /// Opens (creating if needed) the store at `dir`, removing unfinished
     /// writes and any content without metadata.
+    ///
+    /// Fails with [`StoreError::InUse`] when another process has the store
+    /// open; the lock is taken before anything in it is touched.
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        let lock = lock::take(dir)?;
         let tasks_dir = dir.join("tasks");
         let tmp_dir = dir.join("tmp");
         for d in [&tasks_dir, &tmp_dir] {
@@ -75,6 +84,7 @@ impl Store {
         info!(dir = %dir.display(), tasks = tasks.len(), "opened task store");
         Ok(Self {
             inner: Arc::new(Inner {
+                _lock: lock,
                 tasks_dir,
                 tmp_dir,
                 tasks: RwLock::new(tasks),
