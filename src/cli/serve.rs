@@ -59,6 +59,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gc_interval: args.gc_interval,
         emulate,
         legacy_piece_delay: args.legacy_piece_delay,
+        ..ServeOptions::default()
     };
     serve(store, &args.socket, options, shutdown_signal())
         .await

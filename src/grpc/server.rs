@@ -22,7 +22,9 @@ use crate::grpc::pb::dfdaemon::*;
 use crate::grpc::socket::{
     GRPC_CONNECTION_WINDOW, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE, GRPC_STREAM_WINDOW,
 };
-use crate::store::{duration_to_proto, Store, StoreError, TaskMeta, WriteParams};
+use crate::store::{
+    duration_to_proto, ttl_from_proto, Store, StoreError, TaskMeta, WriteParams, MIN_TTL,
+};
 
 pub use listener::{bind_socket, SocketId, DEFAULT_SOCKET_MODE};
 
@@ -38,6 +40,9 @@ pub struct ServeOptions {
     /// Legacy only: deliver download pieces in order, each after this
     /// delay, instead of out of order (a slow in-order P2P download).
     pub legacy_piece_delay: Option<Duration>,
+    /// Shortest TTL a client may ask for: 5 minutes, as upstream dfcache.
+    /// Only tests lower it (an expiry test cannot wait five minutes).
+    pub min_ttl: Duration,
 }
 
 impl Default for ServeOptions {
@@ -47,6 +52,7 @@ impl Default for ServeOptions {
             gc_interval: Duration::from_secs(60),
             emulate: Emulation::Current,
             legacy_piece_delay: None,
+            min_ttl: MIN_TTL,
         }
     }
 }
@@ -97,6 +103,7 @@ pub fn service(store: Store, options: &ServeOptions) -> DfdaemonDownloadServer<D
         store,
         emulate: options.emulate,
         legacy_piece_delay: options.legacy_piece_delay,
+        min_ttl: options.min_ttl,
     })
     .max_decoding_message_size(GRPC_MAX_MESSAGE)
     .max_encoding_message_size(GRPC_MAX_MESSAGE)
@@ -121,6 +128,35 @@ pub struct Daemon {
     store: Store,
     emulate: Emulation,
     legacy_piece_delay: Option<Duration>,
+    min_ttl: Duration,
+}
+
+/// A client's piece length: 0 means "pick the default", as unset does
+/// (proto3 clients cannot always tell the two apart); any other value must
+/// be in `MIN_PIECE_LENGTH..=MAX_REQUESTED_PIECE_LENGTH` (4 MiB..=1 GiB:
+/// the CLI's minimum, and pieces are held whole in memory), checked by
+/// `WriteParams::validate`.
+pub(crate) fn requested_piece_length(piece_length: Option<u64>) -> Option<u64> {
+    piece_length.filter(|&n| n != 0)
+}
+
+/// A path a client asks the daemon to open or write: it must be absolute
+/// (the daemon's working directory means nothing to the client) and free
+/// of NUL bytes (no file name can hold one).
+pub(crate) fn client_path(path: &str, what: &str) -> Result<PathBuf, Status> {
+    let shown: String = path.chars().take(200).collect();
+    if path.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "{what} path {shown:?} contains a NUL byte"
+        )));
+    }
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(Status::invalid_argument(format!(
+            "{what} path {shown:?} is not absolute"
+        )));
+    }
+    Ok(path)
 }
 
 impl Daemon {
@@ -187,7 +223,7 @@ impl DfdaemonDownload for Daemon {
         self.refuse_streaming("WritePersistentCacheTask")?;
         let span = info_span!("write", task_id = tracing::field::Empty);
         let extensions = self.emulate == Emulation::Current;
-        write::handle(&self.store, request.into_inner(), extensions)
+        write::handle(&self.store, request.into_inner(), extensions, self.min_ttl)
             .instrument(span)
             .await
             .map(Response::new)
@@ -228,23 +264,18 @@ impl DfdaemonDownload for Daemon {
         request: Request<UploadPersistentCacheTaskRequest>,
     ) -> Result<Response<PersistentCacheTask>, Status> {
         let req = request.into_inner();
-        let path = PathBuf::from(&req.path);
+        let path = client_path(&req.path, "upload")?;
         let span = info_span!("upload", path = %path.display());
-        if !path.is_absolute() {
-            return Err(Status::invalid_argument(format!(
-                "upload path {} is not absolute",
-                path.display()
-            )));
-        }
         let params = WriteParams {
             expected_length: None,
-            piece_length: req.piece_length,
+            piece_length: requested_piece_length(req.piece_length),
             persistent_replica_count: req.persistent_replica_count,
             tag: req.tag,
             application: req.application,
-            ttl: req.ttl.map(crate::store::duration_from_proto),
+            ttl: ttl_from_proto(req.ttl, self.min_ttl).map_err(status_of)?,
             content_for_calculating_task_id: req.content_for_calculating_task_id,
         };
+        params.validate().map_err(status_of)?;
         // Today's dfdaemon links a file on its own file system into its
         // storage instead of copying it; the legacy emulation does too.
         let link = self.emulate == Emulation::Legacy;

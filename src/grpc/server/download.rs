@@ -77,7 +77,10 @@ pub async fn handle(
         .transpose()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let output = match req.output_path.as_deref().filter(|p| !p.is_empty()) {
-        Some(path) => Some(Output::create(Path::new(path), req.overwrite)?),
+        Some(path) => Some(Output::create(
+            &super::client_path(path, "output")?,
+            req.overwrite,
+        )?),
         None if req.need_piece_content => None,
         None => {
             return Err(Status::invalid_argument(
@@ -214,12 +217,6 @@ struct Output {
 
 impl Output {
     fn create(target: &Path, overwrite: bool) -> Result<Self, Status> {
-        if !target.is_absolute() {
-            return Err(Status::invalid_argument(format!(
-                "output path {} is not absolute",
-                target.display()
-            )));
-        }
         if target.exists() && !overwrite {
             return Err(Status::already_exists(format!(
                 "{} already exists",
