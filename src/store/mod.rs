@@ -216,6 +216,8 @@ impl Store {
             return Err(StoreError::NotFound(id.to_string()));
         }
         self.remove_files(id);
+        // Without this a power loss can bring the deleted task back.
+        self.sync_tasks_dir();
         info!(task_id = id, "deleted task");
         Ok(())
     }
@@ -234,6 +236,9 @@ impl Store {
             self.write_tasks().remove(id);
             self.remove_files(id);
             info!(task_id = %id, "collected expired task");
+        }
+        if !expired.is_empty() {
+            self.sync_tasks_dir();
         }
         expired.len()
     }
@@ -270,6 +275,16 @@ impl Store {
                 let _ = std::fs::remove_file(temp);
                 return Err(StoreError::io(format!("rename into {}", data.display()), e));
             }
+            // The content's name must be durable before the metadata that
+            // makes it a task can be (on any file system, not only on one
+            // that journals renames in order).
+            if let Err(e) = File::open(&self.inner.tasks_dir).and_then(|d| d.sync_all()) {
+                let _ = std::fs::remove_file(&data);
+                return Err(StoreError::io(
+                    format!("fsync {}", self.inner.tasks_dir.display()),
+                    e,
+                ));
+            }
             if let Err(e) = self.write_meta(&meta) {
                 let _ = std::fs::remove_file(&data);
                 return Err(e);
@@ -295,6 +310,16 @@ impl Store {
             let _ = std::fs::remove_file(&temp);
         }
         result.map_err(|e| StoreError::io(format!("write {}", target.display()), e))
+    }
+
+    /// Makes the unlinks and renames in `tasks/` durable. A failure is
+    /// logged, not returned: the change is done in memory and on disk
+    /// already, only its survival of a power loss is in doubt.
+    fn sync_tasks_dir(&self) {
+        let dir = &self.inner.tasks_dir;
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            warn!(dir = %dir.display(), error = %e, "could not fsync the task directory");
+        }
     }
 
     /// Metadata first: without it the content is a leftover, never a task.

@@ -104,12 +104,17 @@ pub async fn handle(
             )
             .await;
             match (result, output) {
-                (Ok(()), Some(output)) => match output.commit() {
-                    Ok(()) => info!("exported to output path"),
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                (Ok(()), Some(output)) => {
+                    match tokio::task::spawn_blocking(move || output.commit())
+                        .await
+                        .unwrap_or_else(|e| Err(Status::internal(format!("commit export: {e}"))))
+                    {
+                        Ok(()) => info!("exported to output path"),
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                        }
                     }
-                },
+                }
                 (Ok(()), None) => {}
                 (Err(status), output) => {
                     drop(output);
@@ -252,9 +257,17 @@ impl Output {
             .map_err(|e| io_status(&self.temp, e))
     }
 
+    /// fsync, rename, fsync the directory: the export is complete at its
+    /// name after a power loss, or absent, never a name with missing bytes.
     fn commit(mut self) -> Result<(), Status> {
+        self.file.sync_all().map_err(|e| io_status(&self.temp, e))?;
         std::fs::rename(&self.temp, &self.target).map_err(|e| io_status(&self.target, e))?;
         self.committed = true;
+        if let Some(parent) = self.target.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_status(parent, e))?;
+        }
         Ok(())
     }
 }
