@@ -62,6 +62,9 @@ struct Inner {
     /// store it once.
     commit: Mutex<()>,
     next_temp: AtomicU64,
+    /// Streams reading each task right now (see [`ReadLease`]): GC leaves
+    /// a task alone while it has any.
+    readers: Mutex<HashMap<String, usize>>,
     /// Blocks for direct reads, shared by every range being served so a
     /// piece read reuses warm memory instead of zeroing a new block.
     read_blocks: BlockPool,
@@ -94,6 +97,7 @@ impl Store {
                 tasks: RwLock::new(tasks),
                 commit: Mutex::new(()),
                 next_temp: AtomicU64::new(0),
+                readers: Mutex::new(HashMap::new()),
                 read_blocks: RangeReader::block_pool(),
             }),
         })
@@ -121,12 +125,17 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
-    /// The task's metadata and its content file, opened for positional reads.
-    pub fn open_content(&self, id: &str) -> StoreResult<(TaskMeta, Arc<File>)> {
+    /// The task's metadata, its content file opened for positional reads,
+    /// and a lease that keeps GC from collecting the task until it is
+    /// dropped (hold it as long as the response stream lives).
+    pub fn open_content(&self, id: &str) -> StoreResult<(TaskMeta, Arc<File>, ReadLease)> {
+        // The lease first: a GC round that starts after this sees it; one
+        // that ran before has removed the task, and `get` says NOT_FOUND.
+        let lease = ReadLease::take(&self.inner, id);
         let meta = self.get(id)?;
         let path = self.data_path(id);
         match File::open(&path) {
-            Ok(file) => Ok((meta, Arc::new(file))),
+            Ok(file) => Ok((meta, Arc::new(file), lease)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::NotFound(id.to_string()))
             }
@@ -209,6 +218,12 @@ impl Store {
         writer.finish().await
     }
 
+    /// Deleting a task that is being read: the task leaves the listing at
+    /// once and new reads get NOT_FOUND, while the streams already running
+    /// finish with the content they started with. They hold open file
+    /// descriptors (the buffered and, for long ranges, the direct one are
+    /// both opened before the stream starts), which outlive the unlink, so
+    /// the delete never waits on a slow reader and never cuts one short.
     pub fn delete(&self, id: &str) -> StoreResult<()> {
         check_task_id(id)?;
         let _guard = lock(&self.inner.commit);
@@ -226,12 +241,18 @@ impl Store {
     pub fn collect_expired(&self) -> usize {
         let _guard = lock(&self.inner.commit);
         let now = SystemTime::now();
-        let expired: Vec<String> = self
+        let readers = lock(&self.inner.readers).clone();
+        let (expired, in_use): (Vec<String>, Vec<String>) = self
             .read_tasks()
             .values()
             .filter(|t| !t.is_live_at(now))
             .map(|t| t.id.clone())
-            .collect();
+            .partition(|id| readers.get(id).is_none_or(|&n| n == 0));
+        // A task being read is collected in a later round, once its last
+        // stream has ended: a read never loses its content mid-way.
+        for id in &in_use {
+            debug!(task_id = %id, "expired task still being read; collecting it later");
+        }
         for id in &expired {
             self.write_tasks().remove(id);
             self.remove_files(id);
@@ -354,6 +375,36 @@ impl Store {
     }
 }
 
+/// One stream reading a task; GC skips the task while any lease on it
+/// lives. Dropping the lease (the stream ended, failed, or its client went
+/// away) releases it.
+pub struct ReadLease {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl ReadLease {
+    fn take(inner: &Arc<Inner>, id: &str) -> Self {
+        *lock(&inner.readers).entry(id.to_string()).or_insert(0) += 1;
+        Self {
+            inner: inner.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        let mut readers = lock(&self.inner.readers);
+        if let Some(n) = readers.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                readers.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// Reads up to `len` bytes at `offset` without a shared seek pointer.
 pub async fn read_at(file: Arc<File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
     tokio::task::spawn_blocking(move || pread_full(&file, offset, len))
@@ -422,7 +473,7 @@ fn check_task_id(id: &str) -> StoreResult<()> {
     )))
 }
 
-fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -68,7 +68,7 @@ pub async fn handle(
     req: DownloadPersistentCacheTaskRequest,
     order: PieceOrder,
 ) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
-    let (meta, file) = store.open_content(&req.task_id).map_err(status_of)?;
+    let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     let digest = req
         .digest
         .as_deref()
@@ -93,6 +93,8 @@ pub async fn handle(
     let need_content = req.need_piece_content;
     tokio::spawn(
         async move {
+            // Held until this task ends: GC leaves the task alone meanwhile.
+            let _lease = lease;
             let result = run(
                 &tx,
                 &meta,
