@@ -8,8 +8,10 @@ mod write;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
@@ -43,7 +45,16 @@ pub struct ServeOptions {
     /// Shortest TTL a client may ask for: 5 minutes, as upstream dfcache.
     /// Only tests lower it (an expiry test cannot wait five minutes).
     pub min_ttl: Duration,
+    /// Imports (streamed writes and uploads) stored at once; more wait
+    /// for a slot, their streams held back by HTTP/2 flow control. Each
+    /// import costs two threads and up to 32 MiB of blocks, so an
+    /// unbounded number of clients would be unbounded memory.
+    pub max_concurrent_imports: usize,
 }
+
+/// Default for [`ServeOptions::max_concurrent_imports`]: far more than the
+/// disk needs to be busy, few enough that the blocks stay under 512 MiB.
+pub const DEFAULT_MAX_CONCURRENT_IMPORTS: usize = 16;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -53,6 +64,7 @@ impl Default for ServeOptions {
             emulate: Emulation::Current,
             legacy_piece_delay: None,
             min_ttl: MIN_TTL,
+            max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
         }
     }
 }
@@ -104,6 +116,7 @@ pub fn service(store: Store, options: &ServeOptions) -> DfdaemonDownloadServer<D
         emulate: options.emulate,
         legacy_piece_delay: options.legacy_piece_delay,
         min_ttl: options.min_ttl,
+        imports: Arc::new(Semaphore::new(options.max_concurrent_imports.max(1))),
     })
     .max_decoding_message_size(GRPC_MAX_MESSAGE)
     .max_encoding_message_size(GRPC_MAX_MESSAGE)
@@ -129,6 +142,8 @@ pub struct Daemon {
     emulate: Emulation,
     legacy_piece_delay: Option<Duration>,
     min_ttl: Duration,
+    /// One permit per import being stored.
+    imports: Arc<Semaphore>,
 }
 
 /// A client's piece length: 0 means "pick the default", as unset does
@@ -223,10 +238,16 @@ impl DfdaemonDownload for Daemon {
         self.refuse_streaming("WritePersistentCacheTask")?;
         let span = info_span!("write", task_id = tracing::field::Empty);
         let extensions = self.emulate == Emulation::Current;
-        write::handle(&self.store, request.into_inner(), extensions, self.min_ttl)
-            .instrument(span)
-            .await
-            .map(Response::new)
+        write::handle(
+            &self.store,
+            request.into_inner(),
+            extensions,
+            self.min_ttl,
+            &self.imports,
+        )
+        .instrument(span)
+        .await
+        .map(Response::new)
     }
 
     type ReadPersistentCacheTaskStream = ResponseStream<ReadPersistentCacheTaskResponse>;
@@ -276,6 +297,11 @@ impl DfdaemonDownload for Daemon {
             content_for_calculating_task_id: req.content_for_calculating_task_id,
         };
         params.validate().map_err(status_of)?;
+        let _permit = self
+            .imports
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
         // Today's dfdaemon links a file on its own file system into its
         // storage instead of copying it; the legacy emulation does too.
         let link = self.emulate == Emulation::Legacy;

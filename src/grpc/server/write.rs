@@ -23,6 +23,7 @@ pub async fn handle(
     mut stream: Streaming<WritePersistentCacheTaskRequest>,
     extensions: bool,
     min_ttl: std::time::Duration,
+    imports: &tokio::sync::Semaphore,
 ) -> Result<WritePersistentCacheTaskResponse, Status> {
     let started = match next(&mut stream).await? {
         Some(Msg::WritePersistentCacheTaskStartedRequest(started)) => started,
@@ -42,6 +43,14 @@ pub async fn handle(
         params.piece_length = None;
         params.content_for_calculating_task_id = None;
     }
+    // Checked before waiting, so a bad request is refused at once. The
+    // permit is held until the handler returns (stored, or refused and
+    // the temporary file removed by the writer's drop).
+    params.validate().map_err(status_of)?;
+    let _permit = imports
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
     let mut writer = store.begin_write(params).map_err(status_of)?;
     loop {
         match next(&mut stream).await {
