@@ -535,6 +535,16 @@ fn load_tasks(dir: &Path, tasks_dir: &Path) -> StoreResult<HashMap<String, TaskM
         };
         let data = tasks_dir.join(format!("{id}{DATA_SUFFIX}"));
         let meta = match TaskMeta::decode(&bytes) {
+            // Every piece length this store ever wrote is in these bounds;
+            // another one would make a download allocate whatever it says.
+            Ok(meta)
+                if !(piece::MIN_PIECE_LENGTH..=writer::MAX_REQUESTED_PIECE_LENGTH)
+                    .contains(&meta.piece_length) =>
+            {
+                let why = format!("piece length {}", meta.piece_length);
+                move_aside(dir, &[&path, &data], &why);
+                continue;
+            }
             Ok(meta) if meta.id == id && task_id::is_task_id(id) => meta,
             Ok(meta) => {
                 move_aside(dir, &[&path, &data], &format!("names task {:?}", meta.id));
@@ -634,7 +644,12 @@ mod tests {
     #[test]
     fn malformed_metadata_is_moved_aside_and_the_rest_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let (good, bad, other) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let (good, bad, other, absurd) = (
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64),
+            "9".repeat(64),
+        );
         put(
             dir.path(),
             &meta_of(&good, 3, DEFAULT_TTL).encode(),
@@ -642,6 +657,10 @@ mod tests {
             b"abc",
         );
         put(dir.path(), b"\xff\xff\xff not protobuf", &bad, b"xyz");
+        // A piece length no download could serve in bounded memory.
+        let mut huge_pieces = meta_of(&absurd, 3, DEFAULT_TTL);
+        huge_pieces.piece_length = u64::MAX;
+        put(dir.path(), &huge_pieces.encode(), &absurd, b"abc");
         // Metadata that names another task than its file name.
         put(
             dir.path(),
@@ -653,7 +672,7 @@ mod tests {
         let ids: Vec<String> = store.list().into_iter().map(|t| t.id).collect();
         assert_eq!(ids, vec![good]);
         let corrupt = dir.path().join(CORRUPT_DIR);
-        for id in [&bad, &other] {
+        for id in [&bad, &other, &absurd] {
             for suffix in [META_SUFFIX, DATA_SUFFIX] {
                 assert!(
                     corrupt.join(format!("{id}{suffix}")).exists(),
