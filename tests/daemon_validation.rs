@@ -643,7 +643,7 @@ fn no_request_with_arbitrary_fields_panics_a_handler_and_the_daemon_keeps_servin
     std::fs::create_dir(&outputs).unwrap();
 
     let mut runner = TestRunner::new(Config {
-        cases: 400,
+        cases: 1500,
         failure_persistence: None,
         ..Config::default()
     });
