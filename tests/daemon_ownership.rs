@@ -166,3 +166,38 @@ fn a_daemon_that_lost_its_socket_path_to_another_leaves_it_on_shutdown() {
     );
     terminate(second);
 }
+
+#[test]
+fn a_mount_with_an_embedded_daemon_on_a_store_in_use_is_refused_naming_the_holder() {
+    let root = tempdir();
+    let daemon = Daemon::start(root.path());
+    let mountpoint = root.path().join("mnt");
+    let mut child = Command::new(bin())
+        .arg("mount")
+        .arg(&mountpoint)
+        .arg("--embedded")
+        .arg(&daemon.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().ok().flatten().is_none() {
+        // It mounted: unmount before failing, so no mount outlives the test.
+        let _ = Command::new("umount").arg(&mountpoint).status();
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("mount --embedded started on a store in use");
+    }
+    let err = failure(&child.wait_with_output().unwrap());
+    let pid = daemon.child.id().to_string();
+    assert!(err.contains("in use") && err.contains(&pid), "{err}");
+    assert!(daemon.ids().is_empty());
+}
