@@ -131,6 +131,10 @@ impl Store {
     pub fn open_content(&self, id: &str) -> StoreResult<(TaskMeta, Arc<File>, ReadLease)> {
         // The lease first: a GC round that starts after this sees it; one
         // that ran before has removed the task, and `get` says NOT_FOUND.
+        // A round already under way may still unlink the files after they
+        // are opened here, which is harmless: open descriptors keep the
+        // content (the direct reader, opened next, then falls back to
+        // buffered reads through this one).
         let lease = ReadLease::take(&self.inner, id);
         let meta = self.get(id)?;
         let path = self.data_path(id);
@@ -267,6 +271,9 @@ impl Store {
     /// Runs `collect_expired` every `interval` until the runtime stops.
     pub fn spawn_gc(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
+        // tokio panics on a zero period and on an Instant overflow; no
+        // interval outside these bounds makes sense anyway.
+        let interval = interval.clamp(Duration::from_millis(1), Duration::from_secs(365 * 86400));
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             loop {
