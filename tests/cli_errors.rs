@@ -60,13 +60,6 @@ fn unknown_task_id() {
             "-O",
             out.to_str().unwrap(),
         ],
-        vec![
-            "export",
-            "--stream-mode",
-            "not-an-id",
-            "-O",
-            out.to_str().unwrap(),
-        ],
     ] {
         let err = failure(&f.daemon.cli(&args));
         assert!(err.contains("does not exist"), "{args:?}: {err}");
@@ -76,6 +69,21 @@ fn unknown_task_id() {
             "{args:?}: one sentence expected: {err}"
         );
     }
+    // An id of the wrong shape is refused by the daemon before it looks
+    // anything up (INVALID_ARGUMENT), and the sentence says why.
+    let args = [
+        "export",
+        "--stream-mode",
+        "not-an-id",
+        "-O",
+        out.to_str().unwrap(),
+    ];
+    let err = failure(&f.daemon.cli(&args));
+    assert!(
+        err.contains("not 64 lowercase hex digits"),
+        "{args:?}: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     f.assert_nothing_created(&["src.bin"]);
 }
 

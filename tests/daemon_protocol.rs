@@ -296,6 +296,7 @@ async fn many_concurrent_writers_and_readers() {
 async fn expired_tasks_are_collected() {
     let d = Running::start(ServeOptions {
         gc_interval: Duration::from_millis(100),
+        min_ttl: Duration::from_secs(1),
         ..Default::default()
     })
     .await;

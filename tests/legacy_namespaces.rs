@@ -49,12 +49,15 @@ impl Fixture {
         self.split.cli_ok(self.socket(), args)
     }
 
-    /// The daemon holds no task, and its store not a single file.
+    /// The daemon holds no task, and its store not a single file (but the
+    /// daemon's lock file, which exists while the store is open).
     fn assert_store_empty(&self) {
         assert!(self.daemon.ids().is_empty(), "a task was created");
+        let store = self.root.path().join("store");
         let files = sh_lines(&format!(
-            "find {} -type f",
-            sh_quote(&self.root.path().join("store"))
+            "find {} -type f ! -path {}",
+            sh_quote(&store),
+            sh_quote(&store.join("lock"))
         ));
         assert!(files.is_empty(), "files in the store: {files:?}");
     }

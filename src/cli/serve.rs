@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use dfcache::grpc::server::{serve, Emulation, ServeOptions};
+use dfcache::grpc::server::{serve, Emulation, ServeOptions, DEFAULT_MAX_CONCURRENT_IMPORTS};
 use dfcache::store::Store;
 
 use super::parse_timeout;
@@ -37,6 +37,22 @@ pub struct ServeArgs {
     /// delay (a slow P2P download). For tests.
     #[arg(long, value_parser = parse_timeout, requires = "legacy", hide = true)]
     pub legacy_piece_delay: Option<Duration>,
+    /// Imports stored at once; more wait their turn (backpressure).
+    #[arg(
+        long,
+        env = "DFCACHE_MAX_CONCURRENT_IMPORTS",
+        default_value_t = DEFAULT_MAX_CONCURRENT_IMPORTS,
+        value_parser = parse_max_imports
+    )]
+    pub max_concurrent_imports: usize,
+}
+
+/// 1 to 4096: zero would block every import forever.
+fn parse_max_imports(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=4096).contains(n))
+        .ok_or_else(|| format!("{s:?} is not a number of imports from 1 to 4096"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -59,6 +75,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gc_interval: args.gc_interval,
         emulate,
         legacy_piece_delay: args.legacy_piece_delay,
+        max_concurrent_imports: args.max_concurrent_imports,
+        ..ServeOptions::default()
     };
     serve(store, &args.socket, options, shutdown_signal())
         .await

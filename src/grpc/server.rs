@@ -8,8 +8,10 @@ mod write;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
@@ -22,9 +24,11 @@ use crate::grpc::pb::dfdaemon::*;
 use crate::grpc::socket::{
     GRPC_CONNECTION_WINDOW, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE, GRPC_STREAM_WINDOW,
 };
-use crate::store::{duration_to_proto, Store, StoreError, TaskMeta, WriteParams};
+use crate::store::{
+    duration_to_proto, ttl_from_proto, Store, StoreError, TaskMeta, WriteParams, MIN_TTL,
+};
 
-pub use listener::{bind_socket, DEFAULT_SOCKET_MODE};
+pub use listener::{bind_socket, SocketId, DEFAULT_SOCKET_MODE};
 
 /// How the daemon behaves beyond its store.
 #[derive(Debug, Clone)]
@@ -38,7 +42,19 @@ pub struct ServeOptions {
     /// Legacy only: deliver download pieces in order, each after this
     /// delay, instead of out of order (a slow in-order P2P download).
     pub legacy_piece_delay: Option<Duration>,
+    /// Shortest TTL a client may ask for: 5 minutes, as upstream dfcache.
+    /// Only tests lower it (an expiry test cannot wait five minutes).
+    pub min_ttl: Duration,
+    /// Imports (streamed writes and uploads) stored at once; more wait
+    /// for a slot, their streams held back by HTTP/2 flow control. Each
+    /// import costs two threads and up to 32 MiB of blocks, so an
+    /// unbounded number of clients would be unbounded memory.
+    pub max_concurrent_imports: usize,
 }
+
+/// Default for [`ServeOptions::max_concurrent_imports`]: far more than the
+/// disk needs to be busy, few enough that the blocks stay under 512 MiB.
+pub const DEFAULT_MAX_CONCURRENT_IMPORTS: usize = 16;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -47,6 +63,8 @@ impl Default for ServeOptions {
             gc_interval: Duration::from_secs(60),
             emulate: Emulation::Current,
             legacy_piece_delay: None,
+            min_ttl: MIN_TTL,
+            max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
         }
     }
 }
@@ -73,7 +91,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let listener = bind_socket(socket, options.socket_mode)?;
+    let (listener, socket_id) = bind_socket(socket, options.socket_mode)?;
     let gc = store.spawn_gc(options.gc_interval);
     info!(socket = %socket.display(), "embedded daemon listening");
     let result = tonic::transport::Server::builder()
@@ -87,7 +105,7 @@ pub async fn serve(
         )
         .await;
     gc.abort();
-    let _ = std::fs::remove_file(socket);
+    socket_id.remove_if_ours(socket);
     result.map_err(ServeError::Transport)
 }
 
@@ -97,6 +115,8 @@ pub fn service(store: Store, options: &ServeOptions) -> DfdaemonDownloadServer<D
         store,
         emulate: options.emulate,
         legacy_piece_delay: options.legacy_piece_delay,
+        min_ttl: options.min_ttl,
+        imports: Arc::new(Semaphore::new(options.max_concurrent_imports.max(1))),
     })
     .max_decoding_message_size(GRPC_MAX_MESSAGE)
     .max_encoding_message_size(GRPC_MAX_MESSAGE)
@@ -121,6 +141,37 @@ pub struct Daemon {
     store: Store,
     emulate: Emulation,
     legacy_piece_delay: Option<Duration>,
+    min_ttl: Duration,
+    /// One permit per import being stored.
+    imports: Arc<Semaphore>,
+}
+
+/// A client's piece length: 0 means "pick the default", as unset does
+/// (proto3 clients cannot always tell the two apart); any other value must
+/// be in `MIN_PIECE_LENGTH..=MAX_REQUESTED_PIECE_LENGTH` (4 MiB..=1 GiB:
+/// the CLI's minimum, and pieces are held whole in memory), checked by
+/// `WriteParams::validate`.
+pub(crate) fn requested_piece_length(piece_length: Option<u64>) -> Option<u64> {
+    piece_length.filter(|&n| n != 0)
+}
+
+/// A path a client asks the daemon to open or write: it must be absolute
+/// (the daemon's working directory means nothing to the client) and free
+/// of NUL bytes (no file name can hold one).
+pub(crate) fn client_path(path: &str, what: &str) -> Result<PathBuf, Status> {
+    let shown: String = path.chars().take(200).collect();
+    if path.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "{what} path {shown:?} contains a NUL byte"
+        )));
+    }
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(Status::invalid_argument(format!(
+            "{what} path {shown:?} is not absolute"
+        )));
+    }
+    Ok(path)
 }
 
 impl Daemon {
@@ -166,7 +217,7 @@ pub(crate) fn status_of(err: StoreError) -> Status {
         StoreError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
         StoreError::PermissionDenied { .. } => Status::permission_denied(err.to_string()),
         StoreError::NoSpace { .. } => Status::resource_exhausted(err.to_string()),
-        StoreError::Io { .. } => Status::internal(err.to_string()),
+        StoreError::InUse { .. } | StoreError::Io { .. } => Status::internal(err.to_string()),
     }
 }
 
@@ -197,10 +248,16 @@ impl DfdaemonDownload for Daemon {
         self.refuse_streaming("WritePersistentCacheTask")?;
         let span = info_span!("write", task_id = tracing::field::Empty);
         let extensions = self.emulate == Emulation::Current;
-        write::handle(&self.store, request.into_inner(), extensions)
-            .instrument(span)
-            .await
-            .map(Response::new)
+        write::handle(
+            &self.store,
+            request.into_inner(),
+            extensions,
+            self.min_ttl,
+            &self.imports,
+        )
+        .instrument(span)
+        .await
+        .map(Response::new)
     }
 
     type ReadPersistentCacheTaskStream = ResponseStream<ReadPersistentCacheTaskResponse>;
@@ -240,23 +297,23 @@ impl DfdaemonDownload for Daemon {
     ) -> Result<Response<PersistentCacheTask>, Status> {
         self.refuse_beyond_streaming("UploadPersistentCacheTask")?;
         let req = request.into_inner();
-        let path = PathBuf::from(&req.path);
+        let path = client_path(&req.path, "upload")?;
         let span = info_span!("upload", path = %path.display());
-        if !path.is_absolute() {
-            return Err(Status::invalid_argument(format!(
-                "upload path {} is not absolute",
-                path.display()
-            )));
-        }
         let params = WriteParams {
             expected_length: None,
-            piece_length: req.piece_length,
+            piece_length: requested_piece_length(req.piece_length),
             persistent_replica_count: req.persistent_replica_count,
             tag: req.tag,
             application: req.application,
-            ttl: req.ttl.map(crate::store::duration_from_proto),
+            ttl: ttl_from_proto(req.ttl, self.min_ttl).map_err(status_of)?,
             content_for_calculating_task_id: req.content_for_calculating_task_id,
         };
+        params.validate().map_err(status_of)?;
+        let _permit = self
+            .imports
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
         // Today's dfdaemon links a file on its own file system into its
         // storage instead of copying it; the legacy emulation does too.
         let link = self.emulate == Emulation::Legacy;

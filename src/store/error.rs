@@ -13,6 +13,15 @@ pub enum StoreError {
     PermissionDenied { path: PathBuf },
     #[error("no space left while {context}")]
     NoSpace { context: String },
+    /// Another process holds the store's lock file: two daemons on one
+    /// directory would delete each other's temporary files at start and
+    /// race on every commit.
+    #[error(
+        "store {} is in use by {} (another dfcache serve or mount --embedded); refusing to start",
+        dir.display(),
+        holder(*pid)
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -44,6 +53,14 @@ impl StoreError {
             )),
             _ => StoreError::io(path.display().to_string(), source),
         }
+    }
+}
+
+fn holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        // The holder took the lock but has not written its pid yet.
+        None => "another process".to_string(),
     }
 }
 

@@ -12,6 +12,7 @@
 mod direct;
 mod error;
 mod link;
+mod lock;
 mod meta;
 pub mod piece;
 mod range;
@@ -32,9 +33,13 @@ use tracing::{debug, info, warn};
 
 use crate::direct_io::BlockPool;
 pub use error::{StoreError, StoreResult};
-pub use meta::{duration_from_proto, duration_to_proto, TaskMeta};
+pub use meta::{
+    duration_from_proto, duration_to_proto, ttl_from_proto, TaskMeta, MAX_TTL, MIN_TTL,
+};
 pub use range::RangeReader;
-pub use writer::{TaskWriter, WriteParams, DEFAULT_TTL};
+pub use writer::{
+    TaskWriter, WriteParams, DEFAULT_TTL, MAX_APPLICATION_LEN, MAX_ID_CONTENT_LEN, MAX_TAG_LEN,
+};
 
 const DATA_SUFFIX: &str = ".data";
 const META_SUFFIX: &str = ".meta";
@@ -48,6 +53,8 @@ pub struct Store {
 }
 
 struct Inner {
+    /// Held, never read: the store's `flock` lives as long as this file.
+    _lock: File,
     tasks_dir: PathBuf,
     tmp_dir: PathBuf,
     tasks: RwLock<HashMap<String, TaskMeta>>,
@@ -55,6 +62,9 @@ struct Inner {
     /// store it once.
     commit: Mutex<()>,
     next_temp: AtomicU64,
+    /// Streams reading each task right now (see [`ReadLease`]): GC leaves
+    /// a task alone while it has any.
+    readers: Mutex<HashMap<String, usize>>,
     /// Blocks for direct reads, shared by every range being served so a
     /// piece read reuses warm memory instead of zeroing a new block.
     read_blocks: BlockPool,
@@ -63,7 +73,13 @@ struct Inner {
 impl Store {
     /// Opens (creating if needed) the store at `dir`, removing unfinished
     /// writes and any content without metadata.
+    ///
+    /// Fails with [`StoreError::InUse`] when another process has the store
+    /// open; the lock is taken before anything in it is touched.
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        let lock = lock::take(dir)?;
         let tasks_dir = dir.join("tasks");
         let tmp_dir = dir.join("tmp");
         for d in [&tasks_dir, &tmp_dir] {
@@ -71,15 +87,17 @@ impl Store {
                 .map_err(|e| StoreError::io(format!("create {}", d.display()), e))?;
         }
         clean_dir(&tmp_dir)?;
-        let tasks = load_tasks(&tasks_dir)?;
+        let tasks = load_tasks(dir, &tasks_dir)?;
         info!(dir = %dir.display(), tasks = tasks.len(), "opened task store");
         Ok(Self {
             inner: Arc::new(Inner {
+                _lock: lock,
                 tasks_dir,
                 tmp_dir,
                 tasks: RwLock::new(tasks),
                 commit: Mutex::new(()),
                 next_temp: AtomicU64::new(0),
+                readers: Mutex::new(HashMap::new()),
                 read_blocks: RangeReader::block_pool(),
             }),
         })
@@ -91,7 +109,7 @@ impl Store {
         let mut tasks: Vec<TaskMeta> = self
             .read_tasks()
             .values()
-            .filter(|t| t.expires_at() > now)
+            .filter(|t| t.is_live_at(now))
             .cloned()
             .collect();
         tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -99,19 +117,29 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> StoreResult<TaskMeta> {
+        check_task_id(id)?;
         self.read_tasks()
             .get(id)
-            .filter(|t| t.expires_at() > SystemTime::now())
+            .filter(|t| t.is_live_at(SystemTime::now()))
             .cloned()
             .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
-    /// The task's metadata and its content file, opened for positional reads.
-    pub fn open_content(&self, id: &str) -> StoreResult<(TaskMeta, Arc<File>)> {
+    /// The task's metadata, its content file opened for positional reads,
+    /// and a lease that keeps GC from collecting the task until it is
+    /// dropped (hold it as long as the response stream lives).
+    pub fn open_content(&self, id: &str) -> StoreResult<(TaskMeta, Arc<File>, ReadLease)> {
+        // The lease first: a GC round that starts after this sees it; one
+        // that ran before has removed the task, and `get` says NOT_FOUND.
+        // A round already under way may still unlink the files after they
+        // are opened here, which is harmless: open descriptors keep the
+        // content (the direct reader, opened next, then falls back to
+        // buffered reads through this one).
+        let lease = ReadLease::take(&self.inner, id);
         let meta = self.get(id)?;
         let path = self.data_path(id);
         match File::open(&path) {
-            Ok(file) => Ok((meta, Arc::new(file))),
+            Ok(file) => Ok((meta, Arc::new(file), lease)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::NotFound(id.to_string()))
             }
@@ -126,8 +154,33 @@ impl Store {
     }
 
     /// Starts writing a new task; it exists only once `finish` returns.
+    ///
+    /// An announced length beyond the store's free space is refused before
+    /// anything is written (the client learns at once, not after sending
+    /// gigabytes); an unknown length can still fill the disk, which then
+    /// fails the write with `NoSpace`.
     pub fn begin_write(&self, params: WriteParams) -> StoreResult<TaskWriter> {
+        params.validate()?;
+        if let Some(len) = params.expected_length {
+            self.check_space(len)?;
+        }
         TaskWriter::start(self.clone(), params, self.temp_path("part"))
+    }
+
+    /// Refuses `len` bytes when the store's file system has fewer free.
+    fn check_space(&self, len: u64) -> StoreResult<()> {
+        match free_bytes(&self.inner.tmp_dir) {
+            Ok(free) if len > free => Err(StoreError::NoSpace {
+                context: format!("storing {len} bytes: the store has {free} bytes free"),
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Not knowing is no reason to refuse: the write itself
+                // still fails cleanly when the disk fills up.
+                warn!(error = %e, "cannot read the store's free space");
+                Ok(())
+            }
+        }
     }
 
     /// A fresh name in the temporary directory (emptied at start).
@@ -169,12 +222,21 @@ impl Store {
         writer.finish().await
     }
 
+    /// Deleting a task that is being read: the task leaves the listing at
+    /// once and new reads get NOT_FOUND, while the streams already running
+    /// finish with the content they started with. They hold open file
+    /// descriptors (the buffered and, for long ranges, the direct one are
+    /// both opened before the stream starts), which outlive the unlink, so
+    /// the delete never waits on a slow reader and never cuts one short.
     pub fn delete(&self, id: &str) -> StoreResult<()> {
+        check_task_id(id)?;
         let _guard = lock(&self.inner.commit);
         if self.write_tasks().remove(id).is_none() {
             return Err(StoreError::NotFound(id.to_string()));
         }
         self.remove_files(id);
+        // Without this a power loss can bring the deleted task back.
+        self.sync_tasks_dir();
         info!(task_id = id, "deleted task");
         Ok(())
     }
@@ -183,16 +245,25 @@ impl Store {
     pub fn collect_expired(&self) -> usize {
         let _guard = lock(&self.inner.commit);
         let now = SystemTime::now();
-        let expired: Vec<String> = self
+        let readers = lock(&self.inner.readers).clone();
+        let (expired, in_use): (Vec<String>, Vec<String>) = self
             .read_tasks()
             .values()
-            .filter(|t| t.expires_at() <= now)
+            .filter(|t| !t.is_live_at(now))
             .map(|t| t.id.clone())
-            .collect();
+            .partition(|id| readers.get(id).is_none_or(|&n| n == 0));
+        // A task being read is collected in a later round, once its last
+        // stream has ended: a read never loses its content mid-way.
+        for id in &in_use {
+            debug!(task_id = %id, "expired task still being read; collecting it later");
+        }
         for id in &expired {
             self.write_tasks().remove(id);
             self.remove_files(id);
             info!(task_id = %id, "collected expired task");
+        }
+        if !expired.is_empty() {
+            self.sync_tasks_dir();
         }
         expired.len()
     }
@@ -200,6 +271,9 @@ impl Store {
     /// Runs `collect_expired` every `interval` until the runtime stops.
     pub fn spawn_gc(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
+        // tokio panics on a zero period and on an Instant overflow; no
+        // interval outside these bounds makes sense anyway.
+        let interval = interval.clamp(Duration::from_millis(1), Duration::from_secs(365 * 86400));
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             loop {
@@ -229,6 +303,16 @@ impl Store {
                 let _ = std::fs::remove_file(temp);
                 return Err(StoreError::io(format!("rename into {}", data.display()), e));
             }
+            // The content's name must be durable before the metadata that
+            // makes it a task can be (on any file system, not only on one
+            // that journals renames in order).
+            if let Err(e) = File::open(&self.inner.tasks_dir).and_then(|d| d.sync_all()) {
+                let _ = std::fs::remove_file(&data);
+                return Err(StoreError::io(
+                    format!("fsync {}", self.inner.tasks_dir.display()),
+                    e,
+                ));
+            }
             if let Err(e) = self.write_meta(&meta) {
                 let _ = std::fs::remove_file(&data);
                 return Err(e);
@@ -254,6 +338,16 @@ impl Store {
             let _ = std::fs::remove_file(&temp);
         }
         result.map_err(|e| StoreError::io(format!("write {}", target.display()), e))
+    }
+
+    /// Makes the unlinks and renames in `tasks/` durable. A failure is
+    /// logged, not returned: the change is done in memory and on disk
+    /// already, only its survival of a power loss is in doubt.
+    fn sync_tasks_dir(&self) {
+        let dir = &self.inner.tasks_dir;
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            warn!(dir = %dir.display(), error = %e, "could not fsync the task directory");
+        }
     }
 
     /// Metadata first: without it the content is a leftover, never a task.
@@ -285,6 +379,36 @@ impl Store {
             .tasks
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One stream reading a task; GC skips the task while any lease on it
+/// lives. Dropping the lease (the stream ended, failed, or its client went
+/// away) releases it.
+pub struct ReadLease {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl ReadLease {
+    fn take(inner: &Arc<Inner>, id: &str) -> Self {
+        *lock(&inner.readers).entry(id.to_string()).or_insert(0) += 1;
+        Self {
+            inner: inner.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        let mut readers = lock(&self.inner.readers);
+        if let Some(n) = readers.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                readers.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -329,7 +453,34 @@ fn pread_full(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+/// Bytes an unprivileged writer can still use on the file system of `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs writes only into the zeroed struct we pass; the path
+    // is a valid NUL-terminated string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Task ids reach file names: anything but 64 lowercase hex digits is
+/// refused before a path is built from it.
+fn check_task_id(id: &str) -> StoreResult<()> {
+    if task_id::is_task_id(id) {
+        return Ok(());
+    }
+    let shown: String = id.chars().take(80).collect();
+    Err(StoreError::InvalidArgument(format!(
+        "task id {shown:?}{} is not 64 lowercase hex digits",
+        if shown.len() < id.len() { "..." } else { "" }
+    )))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -344,14 +495,34 @@ fn clean_dir(dir: &Path) -> StoreResult<()> {
     Ok(())
 }
 
-/// Loads every task with valid metadata and content of the recorded length;
-/// removes the rest.
-fn load_tasks(tasks_dir: &Path) -> StoreResult<HashMap<String, TaskMeta>> {
+/// Where metadata that cannot be a task is moved, with its content, for
+/// a human to look at: never a reason to fail the start, never deleted.
+const CORRUPT_DIR: &str = "corrupt";
+
+/// Loads every task with valid metadata and content of the recorded length.
+///
+/// Nothing is deleted on a guess: metadata that is unreadable right now
+/// (EIO, EACCES) is skipped with its content left in place, so it comes
+/// back at the next start; metadata that is malformed, names another id
+/// or disagrees with its content's length is moved into `corrupt/`; the
+/// only files removed are content files with no metadata file at all
+/// (a crash between the two renames of a commit, or of a delete) and
+/// metadata whose content file does not exist.
+fn load_tasks(dir: &Path, tasks_dir: &Path) -> StoreResult<HashMap<String, TaskMeta>> {
     let entries = std::fs::read_dir(tasks_dir)
         .map_err(|e| StoreError::io(format!("read {}", tasks_dir.display()), e))?;
     let mut tasks = HashMap::new();
     let mut data_files = Vec::new();
-    for entry in entries.flatten() {
+    // Ids with a metadata file, loaded or not: their content is kept.
+    let mut has_meta = std::collections::HashSet::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                warn!(dir = %tasks_dir.display(), error = %e, "cannot list the task directory fully");
+                continue;
+            }
+        };
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(DATA_SUFFIX) {
@@ -361,18 +532,55 @@ fn load_tasks(tasks_dir: &Path) -> StoreResult<HashMap<String, TaskMeta>> {
         let Some(id) = name.strip_suffix(META_SUFFIX) else {
             continue;
         };
-        let loaded = std::fs::read(&path)
-            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))
-            .and_then(|bytes| TaskMeta::decode(&bytes));
-        let data_len =
-            std::fs::metadata(tasks_dir.join(format!("{id}{DATA_SUFFIX}"))).map(|m| m.len());
-        match (loaded, data_len) {
-            (Ok(meta), Ok(len)) if meta.id == id && meta.content_length == len => {
+        has_meta.insert(id.to_string());
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read task metadata; skipping the task until the next start");
+                continue;
+            }
+        };
+        let data = tasks_dir.join(format!("{id}{DATA_SUFFIX}"));
+        let meta = match TaskMeta::decode(&bytes) {
+            // Every piece length this store ever wrote is in these bounds;
+            // another one would make a download allocate whatever it says.
+            Ok(meta)
+                if !(piece::MIN_PIECE_LENGTH..=writer::MAX_REQUESTED_PIECE_LENGTH)
+                    .contains(&meta.piece_length) =>
+            {
+                let why = format!("piece length {}", meta.piece_length);
+                move_aside(dir, &[&path, &data], &why);
+                continue;
+            }
+            Ok(meta) if meta.id == id && task_id::is_task_id(id) => meta,
+            Ok(meta) => {
+                move_aside(dir, &[&path, &data], &format!("names task {:?}", meta.id));
+                continue;
+            }
+            Err(e) => {
+                move_aside(dir, &[&path, &data], &e.to_string());
+                continue;
+            }
+        };
+        match std::fs::metadata(&data) {
+            Ok(m) if m.len() == meta.content_length => {
                 tasks.insert(meta.id.clone(), meta);
             }
-            _ => {
-                warn!(path = %path.display(), "dropping task with broken metadata or content");
+            Ok(m) => move_aside(
+                dir,
+                &[&path, &data],
+                &format!(
+                    "content is {} bytes, metadata says {}",
+                    m.len(),
+                    meta.content_length
+                ),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warn!(path = %path.display(), "dropping metadata without content");
                 let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => {
+                warn!(path = %data.display(), error = %e, "cannot stat task content; skipping the task until the next start");
             }
         }
     }
@@ -382,10 +590,169 @@ fn load_tasks(tasks_dir: &Path) -> StoreResult<HashMap<String, TaskMeta>> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let id = name.trim_end_matches(DATA_SUFFIX);
-        if !tasks.contains_key(id) {
+        if !has_meta.contains(id) {
             warn!(path = %path.display(), "removing content without metadata");
             let _ = std::fs::remove_file(&path);
         }
     }
     Ok(tasks)
+}
+
+/// Moves a broken task's files into `DIR/corrupt/`, logging why.
+fn move_aside(dir: &Path, paths: &[&Path], why: &str) {
+    let corrupt = dir.join(CORRUPT_DIR);
+    if let Err(e) = std::fs::create_dir_all(&corrupt) {
+        warn!(dir = %corrupt.display(), error = %e, "cannot create the directory for corrupt tasks");
+        return;
+    }
+    for path in paths {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        match std::fs::rename(path, corrupt.join(name)) {
+            Ok(()) => {
+                warn!(path = %path.display(), moved_to = %corrupt.display(), why, "moved a corrupt task file aside");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, why, "cannot move a corrupt task file aside");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_of(id: &str, len: u64, ttl: Duration) -> TaskMeta {
+        let now = SystemTime::now();
+        TaskMeta {
+            id: id.to_string(),
+            content_length: len,
+            piece_length: 4 << 20,
+            persistent_replica_count: 1,
+            tag: None,
+            application: None,
+            ttl,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Writes a task's two files by hand, as an older daemon would have.
+    fn put(dir: &Path, meta_bytes: &[u8], id: &str, content: &[u8]) {
+        let tasks = dir.join("tasks");
+        std::fs::create_dir_all(&tasks).unwrap();
+        std::fs::write(tasks.join(format!("{id}{META_SUFFIX}")), meta_bytes).unwrap();
+        std::fs::write(tasks.join(format!("{id}{DATA_SUFFIX}")), content).unwrap();
+    }
+
+    #[test]
+    fn malformed_metadata_is_moved_aside_and_the_rest_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad, other, absurd) = (
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64),
+            "9".repeat(64),
+        );
+        put(
+            dir.path(),
+            &meta_of(&good, 3, DEFAULT_TTL).encode(),
+            &good,
+            b"abc",
+        );
+        put(dir.path(), b"\xff\xff\xff not protobuf", &bad, b"xyz");
+        // A piece length no download could serve in bounded memory.
+        let mut huge_pieces = meta_of(&absurd, 3, DEFAULT_TTL);
+        huge_pieces.piece_length = u64::MAX;
+        put(dir.path(), &huge_pieces.encode(), &absurd, b"abc");
+        // Metadata that names another task than its file name.
+        put(
+            dir.path(),
+            &meta_of(&good, 3, DEFAULT_TTL).encode(),
+            &other,
+            b"abc",
+        );
+        let store = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = store.list().into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, vec![good]);
+        let corrupt = dir.path().join(CORRUPT_DIR);
+        for id in [&bad, &other, &absurd] {
+            for suffix in [META_SUFFIX, DATA_SUFFIX] {
+                assert!(
+                    corrupt.join(format!("{id}{suffix}")).exists(),
+                    "{id}{suffix} not moved aside"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn metadata_that_cannot_be_read_keeps_its_content_for_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "d".repeat(64);
+        let tasks = dir.path().join("tasks");
+        std::fs::create_dir_all(&tasks).unwrap();
+        // A read error other than "malformed" (EISDIR here; EIO or EACCES
+        // in the field, which root cannot provoke with permissions).
+        std::fs::create_dir(tasks.join(format!("{id}{META_SUFFIX}"))).unwrap();
+        std::fs::write(tasks.join(format!("{id}{DATA_SUFFIX}")), b"content").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.list().is_empty());
+        assert!(
+            tasks.join(format!("{id}{DATA_SUFFIX}")).exists(),
+            "content deleted on a read error"
+        );
+    }
+
+    #[test]
+    fn content_without_any_metadata_is_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join("tasks");
+        std::fs::create_dir_all(&tasks).unwrap();
+        let orphan = tasks.join(format!("{}{DATA_SUFFIX}", "e".repeat(64)));
+        std::fs::write(&orphan, b"orphan").unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        assert!(!orphan.exists());
+    }
+
+    #[test]
+    fn stored_metadata_with_an_absurd_ttl_is_expired_and_collected_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "f".repeat(64);
+        let mut task = meta_of(&id, 2, DEFAULT_TTL).to_proto();
+        task.ttl = Some(prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        });
+        put(
+            dir.path(),
+            &prost::Message::encode_to_vec(&task),
+            &id,
+            b"xy",
+        );
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.list().is_empty());
+        assert!(matches!(store.get(&id), Err(StoreError::NotFound(_))));
+        assert_eq!(store.collect_expired(), 1);
+    }
+
+    #[test]
+    fn a_second_open_of_a_store_in_use_fails_naming_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open succeeded");
+        let pid = std::process::id();
+        assert!(
+            matches!(err, StoreError::InUse { pid: Some(p), .. } if p == pid),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("process {pid}")), "{err}");
+        drop(first);
+        Store::open(dir.path()).unwrap();
+    }
 }

@@ -32,6 +32,13 @@ use crate::store::{Store, TaskMeta};
 
 /// Largest piece length a client may ask for: pieces are cached whole.
 pub const MAX_REQUESTED_PIECE_LENGTH: u64 = 1 << 30;
+/// Longest tag accepted: it is hashed into the id and kept in metadata.
+pub const MAX_TAG_LEN: usize = 1024;
+/// Longest application name accepted.
+pub const MAX_APPLICATION_LEN: usize = 1024;
+/// Longest `content_for_calculating_task_id` accepted (a URL or a name,
+/// never content).
+pub const MAX_ID_CONTENT_LEN: usize = 4096;
 /// Chunks queued for the stage thread before the stream is slowed down.
 const QUEUE_DEPTH: usize = 4;
 /// Bytes per disk write, once the content has proved large.
@@ -62,7 +69,23 @@ pub struct WriteParams {
 }
 
 impl WriteParams {
+    /// Checks every client-given field before anything is written.
     pub fn validate(&self) -> StoreResult<()> {
+        for (what, value, max) in [
+            ("tag", &self.tag, MAX_TAG_LEN),
+            ("application", &self.application, MAX_APPLICATION_LEN),
+            (
+                "content_for_calculating_task_id",
+                &self.content_for_calculating_task_id,
+                MAX_ID_CONTENT_LEN,
+            ),
+        ] {
+            if let Some(len) = value.as_ref().map(String::len).filter(|&n| n > max) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{what} of {len} bytes is longer than {max}"
+                )));
+            }
+        }
         if let Some(len) = self.piece_length {
             if !(MIN_PIECE_LENGTH..=MAX_REQUESTED_PIECE_LENGTH).contains(&len) {
                 return Err(StoreError::InvalidArgument(format!(
@@ -104,8 +127,9 @@ impl TaskWriter {
         // Both hold every block at most once, so sends never wait.
         let (full_tx, full_rx) = blocking::sync_channel(STAGE_BLOCKS);
         let (empty_tx, empty_rx) = blocking::sync_channel(STAGE_BLOCKS);
+        // Clamped before rounding, so no announced length can overflow.
         let first_block = params.expected_length.map_or(FIRST_BLOCK, |n| {
-            (n as usize)
+            (n.min(FIRST_BLOCK as u64) as usize)
                 .next_multiple_of(ALIGN)
                 .clamp(ALIGN, FIRST_BLOCK)
         });

@@ -58,6 +58,11 @@ impl Running {
         Client::new(&self.socket)
     }
 
+    /// The store's directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self._dir.path().join("store")
+    }
+
     pub fn leftovers(&self) -> usize {
         std::fs::read_dir(self._dir.path().join("store/tmp"))
             .unwrap()

@@ -68,7 +68,7 @@ pub async fn handle(
     req: DownloadPersistentCacheTaskRequest,
     order: PieceOrder,
 ) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
-    let (meta, file) = store.open_content(&req.task_id).map_err(status_of)?;
+    let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     let digest = req
         .digest
         .as_deref()
@@ -77,7 +77,10 @@ pub async fn handle(
         .transpose()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let output = match req.output_path.as_deref().filter(|p| !p.is_empty()) {
-        Some(path) => Some(Output::create(Path::new(path), req.overwrite)?),
+        Some(path) => Some(Output::create(
+            &super::client_path(path, "output")?,
+            req.overwrite,
+        )?),
         None if req.need_piece_content => None,
         None => {
             return Err(Status::invalid_argument(
@@ -90,6 +93,8 @@ pub async fn handle(
     let need_content = req.need_piece_content;
     tokio::spawn(
         async move {
+            // Held until this task ends: GC leaves the task alone meanwhile.
+            let _lease = lease;
             let result = run(
                 &tx,
                 &meta,
@@ -101,12 +106,17 @@ pub async fn handle(
             )
             .await;
             match (result, output) {
-                (Ok(()), Some(output)) => match output.commit() {
-                    Ok(()) => info!("exported to output path"),
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                (Ok(()), Some(output)) => {
+                    match tokio::task::spawn_blocking(move || output.commit())
+                        .await
+                        .unwrap_or_else(|e| Err(Status::internal(format!("commit export: {e}"))))
+                    {
+                        Ok(()) => info!("exported to output path"),
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                        }
                     }
-                },
+                }
                 (Ok(()), None) => {}
                 (Err(status), output) => {
                     drop(output);
@@ -214,12 +224,6 @@ struct Output {
 
 impl Output {
     fn create(target: &Path, overwrite: bool) -> Result<Self, Status> {
-        if !target.is_absolute() {
-            return Err(Status::invalid_argument(format!(
-                "output path {} is not absolute",
-                target.display()
-            )));
-        }
         if target.exists() && !overwrite {
             return Err(Status::already_exists(format!(
                 "{} already exists",
@@ -255,9 +259,17 @@ impl Output {
             .map_err(|e| io_status(&self.temp, e))
     }
 
+    /// fsync, rename, fsync the directory: the export is complete at its
+    /// name after a power loss, or absent, never a name with missing bytes.
     fn commit(mut self) -> Result<(), Status> {
+        self.file.sync_all().map_err(|e| io_status(&self.temp, e))?;
         std::fs::rename(&self.temp, &self.target).map_err(|e| io_status(&self.target, e))?;
         self.committed = true;
+        if let Some(parent) = self.target.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_status(parent, e))?;
+        }
         Ok(())
     }
 }

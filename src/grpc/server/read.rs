@@ -25,7 +25,7 @@ pub fn handle(
     mut req: ReadPersistentCacheTaskRequest,
     extensions: bool,
 ) -> Result<ResponseStream<ReadPersistentCacheTaskResponse>, Status> {
-    let (meta, file) = store.open_content(&req.task_id).map_err(status_of)?;
+    let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     if !extensions {
         req.offset = None;
         req.length = None;
@@ -46,6 +46,8 @@ pub fn handle(
     let span = info_span!("read", task_id = %meta.id, offset, end);
     tokio::spawn(
         async move {
+            // Held until this task ends: GC leaves the task alone meanwhile.
+            let _lease = lease;
             let started = Msg::ReadPersistentCacheTaskStartedResponse(
                 ReadPersistentCacheTaskStartedResponse {
                     content_length: meta.content_length,

@@ -9,7 +9,7 @@ use crate::grpc::pb::dfdaemon::WritePersistentCacheTaskStartedRequest;
 use crate::grpc::pb::dfdaemon::{
     WritePersistentCacheTaskRequest, WritePersistentCacheTaskResponse,
 };
-use crate::store::{duration_from_proto, Store, TaskWriter, WriteParams};
+use crate::store::{ttl_from_proto, Store, StoreResult, TaskWriter, WriteParams};
 
 use super::status_of;
 
@@ -22,6 +22,8 @@ pub async fn handle(
     store: &Store,
     mut stream: Streaming<WritePersistentCacheTaskRequest>,
     extensions: bool,
+    min_ttl: std::time::Duration,
+    imports: &tokio::sync::Semaphore,
 ) -> Result<WritePersistentCacheTaskResponse, Status> {
     let started = match next(&mut stream).await? {
         Some(Msg::WritePersistentCacheTaskStartedRequest(started)) => started,
@@ -36,11 +38,19 @@ pub async fn handle(
             ))
         }
     };
-    let mut params = params_of(started);
+    let mut params = params_of(started, min_ttl).map_err(status_of)?;
     if !extensions {
         params.piece_length = None;
         params.content_for_calculating_task_id = None;
     }
+    // Checked before waiting, so a bad request is refused at once. The
+    // permit is held until the handler returns (stored, or refused and
+    // the temporary file removed by the writer's drop).
+    params.validate().map_err(status_of)?;
+    let _permit = imports
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
     let mut writer = store.begin_write(params).map_err(status_of)?;
     loop {
         match next(&mut stream).await {
@@ -110,15 +120,20 @@ fn abort(why: String) -> Status {
     Status::invalid_argument(format!("malformed write stream: {why}"))
 }
 
-fn params_of(started: WritePersistentCacheTaskStartedRequest) -> WriteParams {
-    WriteParams {
+/// The started message's fields, each checked (the rest of the checks are
+/// `WriteParams::validate`, run before the temporary file is created).
+fn params_of(
+    started: WritePersistentCacheTaskStartedRequest,
+    min_ttl: std::time::Duration,
+) -> StoreResult<WriteParams> {
+    Ok(WriteParams {
         // 0 is how both the 2.1.12 client and the mount say "unknown".
         expected_length: Some(started.content_length).filter(|&n| n > 0),
-        piece_length: started.piece_length,
+        piece_length: super::requested_piece_length(started.piece_length),
         persistent_replica_count: started.persistent_replica_count,
         tag: started.tag,
         application: started.application,
-        ttl: started.ttl.map(duration_from_proto),
+        ttl: ttl_from_proto(started.ttl, min_ttl)?,
         content_for_calculating_task_id: started.content_for_calculating_task_id,
-    }
+    })
 }
