@@ -22,7 +22,7 @@ mkdir -p "$WORK/mnt"
 start_daemon "$WORK"
 "$DFCACHE" mount "$WORK/mnt" -e "$WORK/d.sock" --cache-size 64mib -l warn &
 MOUNT_PID=$!
-trap 'kill $MOUNT_PID $DAEMON_PID 2>/dev/null; wait 2>/dev/null; umount -l "$WORK/mnt" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $MOUNT_PID $DAEMON_PID 2>/dev/null; wait 2>/dev/null; umount -l "$WORK/mnt" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 200); do ls "$WORK/mnt/import" > /dev/null 2>&1 && break; sleep 0.05; done
 
 # The cycles run in one python process: spawning cp/cat/rm would measure
