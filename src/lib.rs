@@ -1,5 +1,6 @@
 //! dfcache: Dragonfly persistent cache tasks as files.
 //!
+//! - [`domain`]: Dragonfly's rules (task ids, piece lengths, TTLs, chunks);
 //! - [`grpc`]: the wire contract, the client, the embedded daemon's server;
 //! - [`store`]: the embedded daemon's on-disk task store;
 //! - [`mapping`]: container/host path mapping;
@@ -8,6 +9,7 @@
 
 pub mod digest;
 pub mod direct_io;
+pub mod domain;
 pub mod fs;
 pub mod grpc;
 pub mod mapping;

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use dfcache::store::duration_from_proto;
+use dfcache::domain::ttl::duration_from_proto;
 
 use super::stat::age;
 use super::units::{format_duration, format_size};

@@ -15,14 +15,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use dfcache::domain::piece::MIN_PIECE_LENGTH;
+use dfcache::domain::ttl::{check_ttl, MIN_TTL};
 use dfcache::grpc::client::{Client, Deadlines, ImportOptions};
 use dfcache::mapping::PathMapper;
-use dfcache::store::piece::MIN_PIECE_LENGTH;
 
 /// Where dfdaemon listens on a node.
 pub const DEFAULT_ENDPOINT: &str = "/var/run/dragonfly/dfdaemon.sock";
-const MIN_TTL: Duration = Duration::from_secs(5 * 60);
-const MAX_TTL: Duration = Duration::from_secs(7 * 86400);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -144,10 +143,7 @@ pub fn parse_piece_length(s: &str) -> Result<u64, String> {
 
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let ttl = units::parse_duration(s)?;
-    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-        return Err(format!("ttl {s} is outside the allowed range of 5m to 7d"));
-    }
-    Ok(ttl)
+    check_ttl(ttl, MIN_TTL).map_err(|_| format!("ttl {s} is outside the allowed range of 5m to 7d"))
 }
 
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {

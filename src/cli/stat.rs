@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 
-use dfcache::store::duration_from_proto;
+use dfcache::domain::ttl::duration_from_proto;
 
 use super::units::{format_duration, format_size};
 use super::GlobalArgs;

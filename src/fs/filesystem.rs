@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::debug;
 
+use crate::domain::task_id::is_task_id;
 use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
 use crate::fs::error::{Errno, FsResult};
 use crate::fs::import::ImportState;
@@ -29,8 +30,6 @@ use crate::fs::task_files::TaskFiles;
 use crate::grpc::client::{Client, ClientError, Code, ImportOptions};
 use crate::grpc::pb::dfdaemon::StatLocalPersistentCacheTaskResponse;
 use crate::mapping::PathMapper;
-use crate::store::piece::default_piece_length;
-use crate::store::task_id::is_task_id;
 
 /// In-flight fetch budget when read-ahead is off or tiny.
 const MIN_INFLIGHT: u64 = 8 << 20;
@@ -290,18 +289,8 @@ impl DfcacheFs {
         }
         match stat {
             Ok(task) => {
-                let created = task
-                    .created_at
-                    .and_then(|t| SystemTime::try_from(t).ok())
-                    .unwrap_or(self.mounted_at);
-                let piece_length = Some(task.piece_length)
-                    .filter(|&p| p > 0)
-                    .unwrap_or_else(|| default_piece_length(task.content_length));
-                let geometry = TaskGeometry {
-                    id: id.into(),
-                    content_length: task.content_length,
-                    piece_length,
-                };
+                let created = self.created(task.created_at);
+                let geometry = TaskGeometry::new(id, task.content_length, Some(task.piece_length));
                 Ok(self.inodes().add_task(geometry, created))
             }
             Err(ClientError::Daemon {
@@ -321,6 +310,13 @@ impl DfcacheFs {
                 Err(errno)
             }
         }
+    }
+
+    /// A task's creation time as the daemon reported it (the mount's start
+    /// when it did not, or sent nonsense).
+    fn created(&self, at: Option<prost_types::Timestamp>) -> SystemTime {
+        at.and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or(self.mounted_at)
     }
 
     fn recently_unknown(&self, id: &str) -> bool {
@@ -418,19 +414,8 @@ impl DfcacheFs {
                 let mut inodes = self.inodes();
                 for t in tasks {
                     let content_length = t.content_length.unwrap_or(0);
-                    let piece_length = t
-                        .piece_length
-                        .filter(|&p| p > 0)
-                        .unwrap_or_else(|| default_piece_length(content_length));
-                    let created = t
-                        .created_at
-                        .and_then(|c| SystemTime::try_from(c).ok())
-                        .unwrap_or(self.mounted_at);
-                    let geometry = TaskGeometry {
-                        id: t.task_id.as_str().into(),
-                        content_length,
-                        piece_length,
-                    };
+                    let created = self.created(t.created_at);
+                    let geometry = TaskGeometry::new(&t.task_id, content_length, t.piece_length);
                     let node = inodes.add_task(geometry, created);
                     entries.push(DirEntry {
                         ino: node.ino,

@@ -22,12 +22,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::domain::piece::reported_or_default;
+use crate::domain::CHUNK_SIZE;
 use crate::fs::error::{Errno, FsResult};
+use crate::fs::piece_cache::TaskGeometry;
 use crate::grpc::client::{ClientResult, WriteSummary};
-use crate::store::piece::default_piece_length;
-
-/// Chunks sent to the daemon.
-pub const CHUNK_SIZE: usize = 1 << 20;
 
 /// Where an import stands.
 pub enum ImportState {
@@ -76,14 +75,16 @@ impl Finished {
         } else {
             summary.content_length
         };
-        let piece_length = Some(summary.piece_length)
-            .filter(|&p| p > 0)
-            .unwrap_or_else(|| default_piece_length(content_length));
         Finished {
             task_id: summary.task_id,
             content_length,
-            piece_length,
+            piece_length: reported_or_default(Some(summary.piece_length), content_length),
         }
+    }
+
+    /// The task the import became, for reads.
+    pub fn geometry(&self) -> TaskGeometry {
+        TaskGeometry::new(&self.task_id, self.content_length, Some(self.piece_length))
     }
 }
 

@@ -16,6 +16,7 @@ use lru::LruCache;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
+use crate::domain::piece::reported_or_default;
 use crate::fs::error::{Errno, FsResult};
 use crate::grpc::client::{Client, ReadRange};
 
@@ -28,6 +29,16 @@ pub struct TaskGeometry {
 }
 
 impl TaskGeometry {
+    /// A task as a daemon described it: its piece length, or the default
+    /// rule's when it reported none.
+    pub fn new(id: &str, content_length: u64, reported_piece_length: Option<u64>) -> Self {
+        TaskGeometry {
+            id: id.into(),
+            content_length,
+            piece_length: reported_or_default(reported_piece_length, content_length),
+        }
+    }
+
     pub fn piece_count(&self) -> u64 {
         self.content_length.div_ceil(self.piece_length.max(1))
     }

@@ -63,11 +63,7 @@ impl DfcacheFs {
             Node::Task(task) => task.geometry.clone(),
             Node::Import(node) => {
                 match &*node.state.lock().await {
-                    ImportState::Finished(f) => TaskGeometry {
-                        id: f.task_id.as_str().into(),
-                        content_length: f.content_length,
-                        piece_length: f.piece_length,
-                    },
+                    ImportState::Finished(f) => f.geometry(),
                     _ => {
                         tracing::warn!("read of an import that is not finished: its content is with the daemon");
                         return Err(Errno::EINVAL);

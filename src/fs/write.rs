@@ -17,17 +17,14 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::domain::CHUNK_QUEUE_DEPTH;
 use crate::fs::attr::Attr;
 use crate::fs::error::{Errno, FsResult};
 use crate::fs::filesystem::{DfcacheFs, OpenFile};
 use crate::fs::import::{Finished, ImportState, Spool, Stream};
 use crate::fs::inodes::{ImportMeta, ImportNode, Node, IMPORT_INO, ROOT_INO, TASKS_INO};
-use crate::fs::piece_cache::TaskGeometry;
 use crate::fs::read::Opened;
 use crate::grpc::client::NoProgress;
-
-/// Chunks queued between the file system and the daemon call.
-const QUEUE_DEPTH: usize = 4;
 
 static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
 
@@ -106,7 +103,7 @@ impl DfcacheFs {
             );
             return Err(Errno::EOPNOTSUPP);
         }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
         let client = self.client.clone();
         let options = self.config.import.clone();
         let call = tokio::spawn(async move {
@@ -307,12 +304,8 @@ impl DfcacheFs {
     /// A finished import's task opens under `tasks/` at once.
     fn register_task(&self, finished: &Finished) {
         self.forget_unknown(&finished.task_id);
-        let geometry = TaskGeometry {
-            id: finished.task_id.as_str().into(),
-            content_length: finished.content_length,
-            piece_length: finished.piece_length,
-        };
-        self.inodes().add_task(geometry, SystemTime::now());
+        self.inodes()
+            .add_task(finished.geometry(), SystemTime::now());
     }
 
     /// unlink (or rename over) an import that is still being written

@@ -16,6 +16,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
 
+use crate::domain::ttl::{duration_to_proto, ttl_from_proto, MIN_TTL};
 use crate::grpc::pb::common::PersistentCacheTask;
 use crate::grpc::pb::dfdaemon::dfdaemon_download_server::{
     DfdaemonDownload, DfdaemonDownloadServer,
@@ -24,9 +25,7 @@ use crate::grpc::pb::dfdaemon::*;
 use crate::grpc::socket::{
     GRPC_CONNECTION_WINDOW, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE, GRPC_STREAM_WINDOW,
 };
-use crate::store::{
-    duration_to_proto, ttl_from_proto, Store, StoreError, TaskMeta, WriteParams, MIN_TTL,
-};
+use crate::store::{Store, StoreError, TaskMeta, WriteParams};
 
 pub use listener::{bind_socket, SocketId, DEFAULT_SOCKET_MODE};
 
@@ -221,6 +220,28 @@ pub(crate) fn status_of(err: StoreError) -> Status {
     }
 }
 
+/// State reported for every stored task: the store keeps finished ones only.
+const STATE_SUCCEEDED: &str = "Succeeded";
+
+/// A stored task as the wire describes it.
+pub(crate) fn task_proto(meta: &TaskMeta) -> PersistentCacheTask {
+    PersistentCacheTask {
+        id: meta.id.clone(),
+        persistent_replica_count: meta.persistent_replica_count,
+        current_persistent_replica_count: 1,
+        current_replica_count: 1,
+        tag: meta.tag.clone(),
+        application: meta.application.clone(),
+        piece_length: meta.piece_length,
+        content_length: meta.content_length,
+        piece_count: meta.piece_count(),
+        state: STATE_SUCCEEDED.to_string(),
+        ttl: Some(duration_to_proto(meta.ttl)),
+        created_at: Some(meta.created_at.into()),
+        updated_at: Some(meta.updated_at.into()),
+    }
+}
+
 fn stat_local(meta: &TaskMeta) -> StatLocalPersistentCacheTaskResponse {
     StatLocalPersistentCacheTaskResponse {
         task_id: meta.id.clone(),
@@ -305,7 +326,7 @@ impl DfdaemonDownload for Daemon {
             persistent_replica_count: req.persistent_replica_count,
             tag: req.tag,
             application: req.application,
-            ttl: ttl_from_proto(req.ttl, self.min_ttl).map_err(status_of)?,
+            ttl: ttl_from_proto(req.ttl, self.min_ttl).map_err(|e| status_of(e.into()))?,
             content_for_calculating_task_id: req.content_for_calculating_task_id,
         };
         params.validate().map_err(status_of)?;
@@ -327,7 +348,7 @@ impl DfdaemonDownload for Daemon {
         .instrument(span)
         .await
         .map_err(status_of)?;
-        Ok(Response::new(meta.to_proto()))
+        Ok(Response::new(task_proto(&meta)))
     }
 
     async fn stat_persistent_cache_task(
@@ -339,7 +360,7 @@ impl DfdaemonDownload for Daemon {
             .store
             .get(&request.into_inner().task_id)
             .map_err(|e| self.as_released(status_of(e)))?;
-        Ok(Response::new(meta.to_proto()))
+        Ok(Response::new(task_proto(&meta)))
     }
 
     async fn stat_local_persistent_cache_task(

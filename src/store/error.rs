@@ -65,3 +65,9 @@ fn holder(pid: Option<u32>) -> String {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<crate::domain::ttl::TtlOutOfRange> for StoreError {
+    fn from(e: crate::domain::ttl::TtlOutOfRange) -> Self {
+        StoreError::InvalidArgument(e.to_string())
+    }
+}

@@ -9,10 +9,11 @@ use std::path::Path;
 
 use tracing::debug;
 
+use crate::domain::piece::default_piece_length;
+use crate::domain::task_id::{TaskIdHasher, TaskIdInputs};
+use crate::domain::ttl::DEFAULT_TTL;
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::piece::default_piece_length;
-use crate::store::task_id::{TaskIdHasher, TaskIdInputs};
-use crate::store::{Store, TaskMeta, WriteParams, DEFAULT_TTL};
+use crate::store::{Store, TaskMeta, WriteParams};
 
 /// Bytes hashed per read.
 const HASH_READ: usize = 1 << 20;

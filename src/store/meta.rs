@@ -1,16 +1,15 @@
-//! A stored task's metadata, kept beside its content as an encoded
-//! `common.v2.PersistentCacheTask` (the wire type already has every field).
+//! A stored task's metadata, kept beside its content. The file holds a
+//! protobuf message with the field numbers of `common.v2.PersistentCacheTask`
+//! (stores written before this type existed hold exactly that message), but
+//! the store owns its format: it does not depend on the generated gRPC code.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use crate::grpc::pb::common::PersistentCacheTask;
+use crate::domain::piece::piece_count;
+use crate::domain::ttl::{duration_from_proto, duration_to_proto};
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::piece::piece_count;
-
-/// State string reported for every finished task.
-pub const STATE_SUCCEEDED: &str = "Succeeded";
 
 /// What the store knows of one finished task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +23,33 @@ pub struct TaskMeta {
     pub ttl: Duration,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+}
+
+/// The metadata file's message: `common.v2.PersistentCacheTask`'s numbers
+/// for the fields the store keeps (the others, replica counts and state,
+/// are what the server reports, not what the store knows).
+#[derive(Clone, PartialEq, Message)]
+struct StoredTask {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(uint64, tag = "2")]
+    persistent_replica_count: u64,
+    #[prost(string, optional, tag = "5")]
+    tag: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    application: Option<String>,
+    #[prost(uint64, tag = "7")]
+    piece_length: u64,
+    #[prost(uint64, tag = "8")]
+    content_length: u64,
+    #[prost(uint32, tag = "9")]
+    piece_count: u32,
+    #[prost(message, optional, tag = "11")]
+    ttl: Option<prost_types::Duration>,
+    #[prost(message, optional, tag = "12")]
+    created_at: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "13")]
+    updated_at: Option<prost_types::Timestamp>,
 }
 
 impl TaskMeta {
@@ -43,30 +69,24 @@ impl TaskMeta {
         self.expires_at().is_some_and(|at| at > now)
     }
 
-    pub fn to_proto(&self) -> PersistentCacheTask {
-        PersistentCacheTask {
+    pub fn encode(&self) -> Vec<u8> {
+        StoredTask {
             id: self.id.clone(),
             persistent_replica_count: self.persistent_replica_count,
-            current_persistent_replica_count: 1,
-            current_replica_count: 1,
             tag: self.tag.clone(),
             application: self.application.clone(),
             piece_length: self.piece_length,
             content_length: self.content_length,
             piece_count: self.piece_count(),
-            state: STATE_SUCCEEDED.to_string(),
             ttl: Some(duration_to_proto(self.ttl)),
             created_at: Some(self.created_at.into()),
             updated_at: Some(self.updated_at.into()),
         }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        self.to_proto().encode_to_vec()
+        .encode_to_vec()
     }
 
     pub fn decode(bytes: &[u8]) -> StoreResult<Self> {
-        let task = PersistentCacheTask::decode(bytes)
+        let task = StoredTask::decode(bytes)
             .map_err(|e| StoreError::InvalidArgument(format!("corrupt metadata: {e}")))?;
         Ok(Self {
             id: task.id,
@@ -82,20 +102,6 @@ impl TaskMeta {
     }
 }
 
-pub fn duration_to_proto(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// Negative durations mean nothing here and become zero.
-pub fn duration_from_proto(d: prost_types::Duration) -> Duration {
-    let secs = u64::try_from(d.seconds).unwrap_or(0);
-    let nanos = u32::try_from(d.nanos).unwrap_or(0);
-    Duration::new(secs, nanos.min(999_999_999))
-}
-
 /// Latest time accepted from stored metadata (9999-12-31T23:59:59Z): every
 /// later or earlier-than-1970 time is nonsense here and becomes the epoch,
 /// which makes the task expired rather than a panic when it is converted
@@ -107,46 +113,6 @@ fn time_from_proto(t: prost_types::Timestamp) -> SystemTime {
         return UNIX_EPOCH;
     }
     SystemTime::try_from(t).unwrap_or(UNIX_EPOCH)
-}
-
-/// Shortest TTL a client may ask for (as upstream dfcache's CLI).
-pub const MIN_TTL: Duration = Duration::from_secs(5 * 60);
-/// Longest TTL a client may ask for (as upstream dfcache's CLI).
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 86400);
-
-/// A client's TTL: unset or zero means the default (`Ok(None)`); anything
-/// negative, malformed or outside `min..=MAX_TTL` is refused, not clamped,
-/// so a client learns at once that its TTL was not what it got.
-pub fn ttl_from_proto(
-    ttl: Option<prost_types::Duration>,
-    min: Duration,
-) -> StoreResult<Option<Duration>> {
-    let Some(d) = ttl else {
-        return Ok(None);
-    };
-    if d.seconds == 0 && d.nanos == 0 {
-        return Ok(None);
-    }
-    let range = || {
-        format!(
-            "ttl {}s {}ns is outside the allowed range of {}s to {}s (5m to 7d)",
-            d.seconds,
-            d.nanos,
-            min.as_secs(),
-            MAX_TTL.as_secs()
-        )
-    };
-    let (Ok(secs), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
-        return Err(StoreError::InvalidArgument(range()));
-    };
-    if nanos > 999_999_999 {
-        return Err(StoreError::InvalidArgument(range()));
-    }
-    let ttl = Duration::new(secs, nanos);
-    if !(min..=MAX_TTL).contains(&ttl) {
-        return Err(StoreError::InvalidArgument(range()));
-    }
-    Ok(Some(ttl))
 }
 
 #[cfg(test)]
@@ -173,7 +139,7 @@ mod tests {
 
     #[test]
     fn absurd_stored_times_and_ttls_make_an_expired_task_not_a_panic() {
-        let mut task = TaskMeta {
+        let meta = TaskMeta {
             id: "b".repeat(64),
             content_length: 1,
             piece_length: 4 << 20,
@@ -183,8 +149,8 @@ mod tests {
             ttl: Duration::from_secs(60),
             created_at: UNIX_EPOCH,
             updated_at: UNIX_EPOCH,
-        }
-        .to_proto();
+        };
+        let mut task = StoredTask::decode(meta.encode().as_slice()).unwrap();
         for (secs, ttl) in [
             (i64::MAX, 60),
             (i64::MIN, 60),
@@ -204,30 +170,7 @@ mod tests {
             });
             let meta = TaskMeta::decode(&task.encode_to_vec()).unwrap();
             assert!(!meta.is_live_at(SystemTime::now()), "{secs} {ttl}");
-            let _ = meta.to_proto();
-        }
-    }
-
-    #[test]
-    fn ttls_outside_five_minutes_to_seven_days_are_refused_not_clamped() {
-        let d = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
-        assert_eq!(ttl_from_proto(None, MIN_TTL).unwrap(), None);
-        assert_eq!(ttl_from_proto(d(0, 0), MIN_TTL).unwrap(), None);
-        assert_eq!(
-            ttl_from_proto(d(3600, 0), MIN_TTL).unwrap(),
-            Some(Duration::from_secs(3600))
-        );
-        for bad in [
-            d(i64::MAX, 0),
-            d(i64::MIN, 0),
-            d(-1, 0),
-            d(0, -1),
-            d(3600, 1_000_000_000),
-            d(299, 999_999_999),
-            d(7 * 86400, 1),
-        ] {
-            let err = ttl_from_proto(bad, MIN_TTL).unwrap_err();
-            assert!(err.to_string().contains("5m to 7d"), "{err}");
+            let _ = meta.encode();
         }
     }
 }

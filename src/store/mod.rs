@@ -14,9 +14,7 @@ mod error;
 mod link;
 mod lock;
 mod meta;
-pub mod piece;
 mod range;
-pub mod task_id;
 mod writer;
 
 use std::collections::HashMap;
@@ -33,18 +31,14 @@ use tracing::{debug, info, warn};
 
 use crate::direct_io::BlockPool;
 pub use error::{StoreError, StoreResult};
-pub use meta::{
-    duration_from_proto, duration_to_proto, ttl_from_proto, TaskMeta, MAX_TTL, MIN_TTL,
-};
+pub use meta::TaskMeta;
 pub use range::RangeReader;
-pub use writer::{
-    TaskWriter, WriteParams, DEFAULT_TTL, MAX_APPLICATION_LEN, MAX_ID_CONTENT_LEN, MAX_TAG_LEN,
-};
+pub use writer::{TaskWriter, WriteParams, MAX_APPLICATION_LEN, MAX_ID_CONTENT_LEN, MAX_TAG_LEN};
 
 const DATA_SUFFIX: &str = ".data";
 const META_SUFFIX: &str = ".meta";
 /// Size of the reads that feed a write from a file on disk.
-const IMPORT_READ_SIZE: usize = 1 << 20;
+const IMPORT_READ_SIZE: usize = crate::domain::CHUNK_SIZE;
 
 /// A cheaply cloneable handle to one store directory.
 #[derive(Clone)]
@@ -470,7 +464,7 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 /// Task ids reach file names: anything but 64 lowercase hex digits is
 /// refused before a path is built from it.
 fn check_task_id(id: &str) -> StoreResult<()> {
-    if task_id::is_task_id(id) {
+    if crate::domain::task_id::is_task_id(id) {
         return Ok(());
     }
     let shown: String = id.chars().take(80).collect();
@@ -545,14 +539,15 @@ fn load_tasks(dir: &Path, tasks_dir: &Path) -> StoreResult<HashMap<String, TaskM
             // Every piece length this store ever wrote is in these bounds;
             // another one would make a download allocate whatever it says.
             Ok(meta)
-                if !(piece::MIN_PIECE_LENGTH..=writer::MAX_REQUESTED_PIECE_LENGTH)
+                if !(crate::domain::piece::MIN_PIECE_LENGTH
+                    ..=crate::domain::piece::MAX_REQUESTED_PIECE_LENGTH)
                     .contains(&meta.piece_length) =>
             {
                 let why = format!("piece length {}", meta.piece_length);
                 move_aside(dir, &[&path, &data], &why);
                 continue;
             }
-            Ok(meta) if meta.id == id && task_id::is_task_id(id) => meta,
+            Ok(meta) if meta.id == id && crate::domain::task_id::is_task_id(id) => meta,
             Ok(meta) => {
                 move_aside(dir, &[&path, &data], &format!("names task {:?}", meta.id));
                 continue;
@@ -624,6 +619,7 @@ fn move_aside(dir: &Path, paths: &[&Path], why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ttl::DEFAULT_TTL;
 
     fn meta_of(id: &str, len: u64, ttl: Duration) -> TaskMeta {
         let now = SystemTime::now();
@@ -722,17 +718,9 @@ mod tests {
     fn stored_metadata_with_an_absurd_ttl_is_expired_and_collected_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let id = "f".repeat(64);
-        let mut task = meta_of(&id, 2, DEFAULT_TTL).to_proto();
-        task.ttl = Some(prost_types::Duration {
-            seconds: i64::MAX,
-            nanos: 0,
-        });
-        put(
-            dir.path(),
-            &prost::Message::encode_to_vec(&task),
-            &id,
-            b"xy",
-        );
+        // Encoded as a TTL of i64::MAX seconds on the wire.
+        let absurd = meta_of(&id, 2, Duration::from_secs(i64::MAX as u64));
+        put(dir.path(), &absurd.encode(), &id, b"xy");
         let store = Store::open(dir.path()).unwrap();
         assert!(store.list().is_empty());
         assert!(matches!(store.get(&id), Err(StoreError::NotFound(_))));

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::piece::MIN_PIECE_LENGTH;
 use super::read_at;
 use crate::direct_io::{self, is_cached, is_direct_refusal, read_full_at, BlockPool, ALIGN};
+use crate::domain::piece::MIN_PIECE_LENGTH;
 
 /// Ranges at least this long may be read directly: a whole piece, which is
 /// what the mount fetches for a sequential reader (several at once) and

@@ -24,14 +24,14 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::direct_io::{AlignedBuf, ALIGN};
+use crate::domain::piece::{default_piece_length, MAX_REQUESTED_PIECE_LENGTH, MIN_PIECE_LENGTH};
+use crate::domain::task_id::{TaskIdHasher, TaskIdInputs};
+use crate::domain::ttl::DEFAULT_TTL;
+use crate::domain::CHUNK_QUEUE_DEPTH;
 use crate::store::direct::ContentSink;
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::piece::{default_piece_length, MIN_PIECE_LENGTH};
-use crate::store::task_id::{TaskIdHasher, TaskIdInputs};
 use crate::store::{Store, TaskMeta};
 
-/// Largest piece length a client may ask for: pieces are cached whole.
-pub const MAX_REQUESTED_PIECE_LENGTH: u64 = 1 << 30;
 /// Longest tag accepted: it is hashed into the id and kept in metadata.
 pub const MAX_TAG_LEN: usize = 1024;
 /// Longest application name accepted.
@@ -39,8 +39,6 @@ pub const MAX_APPLICATION_LEN: usize = 1024;
 /// Longest `content_for_calculating_task_id` accepted (a URL or a name,
 /// never content).
 pub const MAX_ID_CONTENT_LEN: usize = 4096;
-/// Chunks queued for the stage thread before the stream is slowed down.
-const QUEUE_DEPTH: usize = 4;
 /// Bytes per disk write, once the content has proved large.
 const STAGE_BLOCK: usize = 16 << 20;
 /// The first block's size at most: blocks start small and double, so the
@@ -50,8 +48,6 @@ const STAGE_BLOCK: usize = 16 << 20;
 const FIRST_BLOCK: usize = 1 << 20;
 /// Blocks per writer: one filling while the other is being written.
 const STAGE_BLOCKS: usize = 2;
-/// TTL of a task whose writer did not give one (dfcache's default).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// What a writer is told before the content arrives.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +119,7 @@ impl TaskWriter {
             piece_length: params.piece_length,
             content_for_calculating_task_id: params.content_for_calculating_task_id.clone(),
         };
-        let (chunk_tx, chunk_rx) = mpsc::channel(QUEUE_DEPTH);
+        let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
         // Both hold every block at most once, so sends never wait.
         let (full_tx, full_rx) = blocking::sync_channel(STAGE_BLOCKS);
         let (empty_tx, empty_rx) = blocking::sync_channel(STAGE_BLOCKS);

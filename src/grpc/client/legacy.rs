@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::Streaming;
 
+use crate::domain::ttl::duration_to_proto;
 use crate::grpc::pb::common::PersistentCacheTask;
 use crate::grpc::pb::dfdaemon::download_persistent_cache_task_response::Response as Msg;
 use crate::grpc::pb::dfdaemon::*;
-use crate::store::duration_to_proto;
 
 use super::{Client, ClientError, ClientResult, ImportOptions};
 

@@ -25,8 +25,8 @@ use std::path::Path;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::write::CHUNK_SIZE;
 use crate::direct_io::{self, is_cached, is_direct_refusal, read_full_at, BlockPool};
+use crate::domain::CHUNK_SIZE;
 
 /// Files at least this large are read with `O_DIRECT`: below it the disk
 /// round trips are not worth saving a few page-cache copies.

@@ -12,17 +12,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::debug;
 
+use crate::domain::ttl::duration_to_proto;
+use crate::domain::{CHUNK_QUEUE_DEPTH, CHUNK_SIZE};
 use crate::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as Msg;
 use crate::grpc::pb::dfdaemon::*;
-use crate::store::duration_to_proto;
 
 use super::source::{self, Source};
 use super::{Client, ClientError, ClientResult, ImportOptions, Progress};
-
-/// Size of the chunks sent (LIMITS.md: 1 MiB beats 4 MiB once frames are large).
-pub const CHUNK_SIZE: usize = 1 << 20;
-/// Chunks in flight between the reader and the socket: the memory bound.
-const QUEUE_DEPTH: usize = 4;
 
 /// What the daemon stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +48,7 @@ impl Client {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
         tokio::spawn(read_chunks(reader, tx));
         self.write_chunks(rx, content_length, options, progress)
             .await
@@ -66,7 +62,7 @@ impl Client {
         options: &ImportOptions,
         progress: Arc<dyn Progress>,
     ) -> ClientResult<WriteSummary> {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
         let started = WritePersistentCacheTaskStartedRequest {
             content_length: content_length.unwrap_or(0),
             persistent_replica_count: options.persistent_replica_count,

@@ -6,17 +6,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{debug, info_span, Instrument};
 
+use crate::domain::CHUNK_SIZE;
 use crate::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as Msg;
 use crate::grpc::pb::dfdaemon::*;
 use crate::store::{RangeReader, Store};
 
 use super::{status_of, ResponseStream};
 
-/// Size of each chunk sent.
-pub const CHUNK_SIZE: u64 = 1 << 20;
 /// Chunks read ahead of the client: a whole block and a few, so the next
 /// block is read from the disk while the previous one is sent.
-const QUEUE_DEPTH: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE as usize + 4;
+const QUEUE_DEPTH: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE + 4;
 
 /// `extensions: false` behaves as a 2.1.12 daemon: the range is ignored,
 /// there is no started message and chunks carry no offset.
@@ -75,7 +74,7 @@ pub fn handle(
                 // Blocks can be 16 MiB; chunks are cut from them uncopied.
                 let mut at = 0;
                 while at < block.len() {
-                    let len = (block.len() - at).min(CHUNK_SIZE as usize);
+                    let len = (block.len() - at).min(CHUNK_SIZE);
                     let chunk = Msg::ReadChunkResponse(ReadChunkResponse {
                         content: block.slice(at..at + len),
                         offset: extensions.then_some(pos + at as u64),

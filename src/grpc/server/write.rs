@@ -4,12 +4,13 @@
 use tonic::{Status, Streaming};
 use tracing::{info, warn};
 
+use crate::domain::ttl::ttl_from_proto;
 use crate::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as Msg;
 use crate::grpc::pb::dfdaemon::WritePersistentCacheTaskStartedRequest;
 use crate::grpc::pb::dfdaemon::{
     WritePersistentCacheTaskRequest, WritePersistentCacheTaskResponse,
 };
-use crate::store::{ttl_from_proto, Store, StoreResult, TaskWriter, WriteParams};
+use crate::store::{Store, StoreResult, TaskWriter, WriteParams};
 
 use super::status_of;
 

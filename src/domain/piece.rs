@@ -4,6 +4,9 @@
 pub const MIN_PIECE_LENGTH: u64 = 4 << 20;
 /// Largest piece length the default rule picks.
 pub const MAX_PIECE_LENGTH: u64 = 64 << 20;
+/// Largest piece length a client may ask for: pieces are held whole in
+/// memory (the mount's cache, legacy piece content).
+pub const MAX_REQUESTED_PIECE_LENGTH: u64 = 1 << 30;
 /// The default rule aims at about this many pieces.
 const TARGET_PIECE_COUNT: u64 = 500;
 
@@ -15,6 +18,14 @@ pub fn default_piece_length(content_length: u64) -> u64 {
     raw.checked_next_power_of_two()
         .unwrap_or(MAX_PIECE_LENGTH)
         .clamp(MIN_PIECE_LENGTH, MAX_PIECE_LENGTH)
+}
+
+/// The piece length a daemon reported, or the default rule's when it
+/// reported none (0: a dragonfly-api 2.1.12 daemon, or a listing without it).
+pub fn reported_or_default(reported: Option<u64>, content_length: u64) -> u64 {
+    reported
+        .filter(|&p| p > 0)
+        .unwrap_or_else(|| default_piece_length(content_length))
 }
 
 /// Number of pieces of a task; an empty task has none.
