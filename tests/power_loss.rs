@@ -7,105 +7,14 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
+use common::ext4::Ext4;
 use common::*;
-
-/// `FS_IOC_GOINGDOWN` = `_IOR('X', 125, __u32)`: direction read (2) << 30,
-/// size 4 << 16, type 'X' << 8, number 125.
-const FS_IOC_GOINGDOWN: libc::c_ulong =
-    (2 << 30) | (4 << 16) | ((b'X' as libc::c_ulong) << 8) | 125;
-/// Shut down without flushing the journal: what was not committed is lost.
-const FS_GOING_DOWN_NOLOGFLUSH: u32 = 2;
-
-/// An ext4 image mounted on a loop device; unmounted on drop, also when
-/// the test fails.
-struct Ext4 {
-    image: PathBuf,
-    mount: PathBuf,
-    mounted: bool,
-}
-
-impl Ext4 {
-    fn create(root: &Path) -> Ext4 {
-        let image = root.join("ext4.img");
-        let mount = root.join("mnt");
-        std::fs::create_dir_all(&mount).unwrap();
-        run(Command::new("truncate").args(["-s", "64M"]).arg(&image));
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
-        let mut fs = Ext4 {
-            image,
-            mount,
-            mounted: false,
-        };
-        fs.mount();
-        fs
-    }
-
-    fn mount(&mut self) {
-        run(Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop"])
-            .arg(&self.image)
-            .arg(&self.mount));
-        self.mounted = true;
-    }
-
-    fn unmount(&mut self) {
-        run(Command::new("umount").arg(&self.mount));
-        self.mounted = false;
-    }
-
-    /// The power cut: nothing after the journal's last commit survives.
-    fn go_down_without_flushing(&self) {
-        let dir = std::fs::File::open(&self.mount).unwrap();
-        let flag = FS_GOING_DOWN_NOLOGFLUSH;
-        // SAFETY: the ioctl reads a u32 from the pointer we pass, which
-        // lives until the call returns.
-        let rc = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_GOINGDOWN as _, &flag) };
-        assert_eq!(
-            rc,
-            0,
-            "FS_IOC_GOINGDOWN: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(&self.mount).status();
-        }
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    succeeded(&out, format!("{cmd:?}"));
-}
 
 /// `dfcache serve` with its store on the image and its socket outside it.
 fn serve(root: &Path, fs: &Ext4) -> Daemon {
-    let socket = root.join("d.sock");
-    let dir = fs.mount.join("store");
-    let child = Command::new(bin())
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .arg("--dir")
-        .arg(&dir)
-        .env("DFCACHE_LOG_LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon { child, socket, dir };
-    eventually("the daemon to listen", 20, || {
-        std::os::unix::net::UnixStream::connect(&daemon.socket).is_ok()
-    });
-    daemon
+    Daemon::start_on(&root.join("d.sock"), &fs.mount.join("store"), &[], &[])
 }
 
 /// Cuts the power on `daemon`'s file system, kills it, and remounts.
@@ -160,6 +69,26 @@ fn an_export_written_by_the_daemon_survives_a_power_loss() {
     daemon.ok(&["export", &id, "-O", out.to_str().unwrap()]);
 
     power_cycle(daemon, &mut fs);
+
+    assert!(out.exists(), "the export is gone after the power loss");
+    assert!(same_bytes(&src, &out), "the export is not byte-exact");
+}
+
+#[test]
+fn an_export_written_by_the_cli_survives_a_power_loss() {
+    let root = tempdir();
+    let mut fs = Ext4::create(root.path());
+    let daemon = Daemon::start(root.path());
+    let src = root.path().join("src");
+    write_file(&src, 6 * MIB + 9, 4);
+    let id = daemon.ok(&["import", "--stream-mode", src.to_str().unwrap()]);
+    // Streamed: the CLI writes the output itself, on the image.
+    let out = fs.mount.join("export.bin");
+    daemon.ok(&["export", "--stream-mode", &id, "-O", out.to_str().unwrap()]);
+
+    fs.go_down_without_flushing();
+    fs.unmount();
+    fs.mount();
 
     assert!(out.exists(), "the export is gone after the power loss");
     assert!(same_bytes(&src, &out), "the export is not byte-exact");

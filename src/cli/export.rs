@@ -370,6 +370,11 @@ impl TempOutput {
                 self.target.display()
             );
         }
+        // Durable before it has its name, and the name durable after: an
+        // export that returned is there after a power loss, whole.
+        self.file
+            .sync_all()
+            .with_context(|| format!("fsync {}", self.temp.display()))?;
         std::fs::rename(&self.temp, &self.target).with_context(|| {
             format!(
                 "rename {} to {}",
@@ -378,6 +383,13 @@ impl TempOutput {
             )
         })?;
         self.committed = true;
+        let dir = match self.target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync {}", dir.display()))?;
         Ok(())
     }
 }

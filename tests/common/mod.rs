@@ -2,6 +2,7 @@
 //! socket, the real CLI binary, and deterministic test files.
 #![allow(dead_code)]
 
+pub mod ext4;
 pub mod inproc;
 pub mod ns;
 
@@ -40,8 +41,12 @@ impl Daemon {
     /// exec-ing the command, so that the child's pid is the daemon's (which
     /// `Drop` signals). An empty wrapper runs the daemon directly.
     pub fn start_in(root: &Path, wrapper: &[&str], extra: &[&str]) -> Daemon {
-        let socket = root.join("d.sock");
-        let dir = root.join("store");
+        Self::start_on(&root.join("d.sock"), &root.join("store"), wrapper, extra)
+    }
+
+    /// A daemon on `socket` with its store in `dir` (see `start_in`).
+    pub fn start_on(socket: &Path, dir: &Path, wrapper: &[&str], extra: &[&str]) -> Daemon {
+        let (socket, dir) = (socket.to_path_buf(), dir.to_path_buf());
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common;
 use crate::common::*;
 use crate::harness::*;
 
@@ -347,4 +348,35 @@ except OSError as e:
     eventually("stat to say the task is gone", 15, || {
         !sh(&format!("stat {}", q(&m.task(&id)))).status.success()
     });
+}
+
+#[test]
+fn an_import_whose_close_returned_survives_a_power_loss_of_the_embedded_store() {
+    let root = tempdir();
+    // The image and its mount point under disk/, apart from the FUSE mnt/.
+    let disk = root.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mut fs = common::ext4::Ext4::create(&disk);
+    let store = fs.mount.join("store");
+    let mut m = Mounted::start_at(
+        &root.path().join("mnt"),
+        &["--embedded", store.to_str().unwrap()],
+    );
+    let src = root.path().join("src.bin");
+    write_file(&src, 7 * MIB + 5, 48);
+    sh_ok(&format!("cp {} {}", q(&src), q(&m.import("f"))));
+    let id = task_id_xattr(&m.import("f"));
+
+    // Power cut right after close() returned; the mount dies with it.
+    fs.go_down_without_flushing();
+    m.crash();
+    drop(m);
+    fs.unmount();
+    fs.mount();
+
+    let daemon = Daemon::start_on(&root.path().join("d.sock"), &store, &[], &[]);
+    assert_eq!(daemon.ids(), vec![id.clone()], "after the power loss");
+    let out = root.path().join("out.bin");
+    daemon.ok(&["export", "--stream-mode", &id, "-O", out.to_str().unwrap()]);
+    assert!(same_bytes(&src, &out));
 }
