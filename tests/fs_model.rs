@@ -158,7 +158,7 @@ async fn check_listing(fs: &DfcacheFs, model: &Model) {
 
 async fn run(seed: u64, steps: usize) {
     let daemon = Running::start(ServeOptions::default()).await;
-    let fs = DfcacheFs::new(daemon.client(), config());
+    let fs = DfcacheFs::new(std::sync::Arc::new(daemon.client()), config());
     let mut rng = Rng(seed);
     let mut model = Model::default();
     let sizes = [
@@ -279,7 +279,10 @@ async fn concurrent_misses_on_one_piece_make_one_request() {
     let mut rng = Rng(7);
     let data = rng.bytes(9 * MIB);
     let id = write_bytes(&daemon.client(), &data).await;
-    let fs = std::sync::Arc::new(DfcacheFs::new(daemon.client(), config()));
+    let fs = std::sync::Arc::new(DfcacheFs::new(
+        std::sync::Arc::new(daemon.client()),
+        config(),
+    ));
     let attr = fs.lookup(TASKS_INO, id.as_ref()).await.unwrap();
     // Eight readers start reading the same cold task at once (sequential
     // readers: their misses go through the piece cache; a random reader's

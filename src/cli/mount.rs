@@ -141,7 +141,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         task_cache_size: args.task_cache_size,
         owner,
     };
-    let fs = Arc::new(DfcacheFs::new(client, config));
+    let fs = Arc::new(DfcacheFs::new(Arc::new(client), config));
     let settings = MountSettings {
         allow_other: args.allow_other,
         kernel_read_ahead_kb: u32::try_from(args.kernel_read_ahead / 1024).unwrap_or(u32::MAX),

@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::domain::task_id::is_task_id;
 use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
+use crate::fs::daemon::{ClientError, DaemonClient, ImportOptions, TaskInfo};
 use crate::fs::error::{Errno, FsResult};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
@@ -27,8 +28,7 @@ use crate::fs::read::Opened;
 use crate::fs::readahead::Readahead;
 use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
-use crate::grpc::client::{Client, ClientError, Code, ImportOptions};
-use crate::grpc::pb::dfdaemon::StatLocalPersistentCacheTaskResponse;
+use crate::grpc::client::Code;
 use crate::mapping::PathMapper;
 
 /// In-flight fetch budget when read-ahead is off or tiny.
@@ -96,7 +96,7 @@ pub struct FsStats {
 }
 
 pub struct DfcacheFs {
-    pub(crate) client: Client,
+    pub(crate) client: Arc<dyn DaemonClient>,
     pub(crate) config: FsConfig,
     pub(crate) inodes: Mutex<Inodes>,
     pub(crate) cache: Arc<PieceCache>,
@@ -114,7 +114,7 @@ pub struct DfcacheFs {
 }
 
 impl DfcacheFs {
-    pub fn new(client: Client, config: FsConfig) -> Self {
+    pub fn new(client: Arc<dyn DaemonClient>, config: FsConfig) -> Self {
         // --cache-size bounds the pieces in memory, cached or being
         // fetched: read-ahead (the fetch budget) takes at most half of it,
         // the LRU the rest.
@@ -289,8 +289,8 @@ impl DfcacheFs {
         }
         match stat {
             Ok(task) => {
-                let created = self.created(task.created_at);
-                let geometry = TaskGeometry::new(id, task.content_length, Some(task.piece_length));
+                let created = task.created_at.unwrap_or(self.mounted_at);
+                let geometry = TaskGeometry::new(id, task.content_length, task.piece_length);
                 Ok(self.inodes().add_task(geometry, created))
             }
             Err(ClientError::Daemon {
@@ -310,13 +310,6 @@ impl DfcacheFs {
                 Err(errno)
             }
         }
-    }
-
-    /// A task's creation time as the daemon reported it (the mount's start
-    /// when it did not, or sent nonsense).
-    fn created(&self, at: Option<prost_types::Timestamp>) -> SystemTime {
-        at.and_then(|t| SystemTime::try_from(t).ok())
-            .unwrap_or(self.mounted_at)
     }
 
     fn recently_unknown(&self, id: &str) -> bool {
@@ -390,7 +383,7 @@ impl DfcacheFs {
         };
         match ino {
             TASKS_INO => {
-                let tasks = match self.client.list_local().await {
+                let tasks = match self.client.list().await {
                     Ok(tasks) => tasks,
                     Err(ClientError::Daemon {
                         code: Code::Unimplemented,
@@ -413,14 +406,13 @@ impl DfcacheFs {
                 self.forget_unlisted(&tasks);
                 let mut inodes = self.inodes();
                 for t in tasks {
-                    let content_length = t.content_length.unwrap_or(0);
-                    let created = self.created(t.created_at);
-                    let geometry = TaskGeometry::new(&t.task_id, content_length, t.piece_length);
+                    let created = t.created_at.unwrap_or(self.mounted_at);
+                    let geometry = TaskGeometry::new(&t.id, t.content_length, t.piece_length);
                     let node = inodes.add_task(geometry, created);
                     entries.push(DirEntry {
                         ino: node.ino,
                         kind: Kind::File,
-                        name: t.task_id.into(),
+                        name: t.id.into(),
                     });
                 }
             }
@@ -442,8 +434,8 @@ impl DfcacheFs {
     /// their names stop resolving and their cached pieces go, so `ls`,
     /// `stat` and reads agree. (Tasks opened by id from the P2P network are
     /// not local, so they are asked for again at their next lookup.)
-    fn forget_unlisted(&self, listed: &[StatLocalPersistentCacheTaskResponse]) {
-        let listed: HashSet<&str> = listed.iter().map(|t| t.task_id.as_str()).collect();
+    fn forget_unlisted(&self, listed: &[TaskInfo]) {
+        let listed: HashSet<&str> = listed.iter().map(|t| t.id.as_str()).collect();
         let gone: Vec<Arc<TaskNode>> = self
             .inodes()
             .known_tasks()

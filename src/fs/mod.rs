@@ -1,6 +1,8 @@
 //! The FUSE file system: `tasks/<id>` read lazily through a piece LRU,
 //! `import/` streamed to the daemon on close.
 //!
+//! - `daemon/`: the calls the mount makes of a daemon (a trait), the gRPC
+//!   client's implementation and an in-memory fake that injects faults;
 //! - `fuse.rs`: the thin fuser adapter (kernel requests in, replies out);
 //! - `filesystem.rs`, `read.rs`, `write.rs`: the semantics, as plain
 //!   async methods returning values or errnos;
@@ -11,6 +13,7 @@
 //! - `mount.rs`: mounting, stale mounts, the sysfs read-ahead lever.
 
 pub mod attr;
+pub mod daemon;
 pub mod error;
 pub mod filesystem;
 pub mod fuse;
@@ -23,6 +26,9 @@ pub mod readahead;
 pub mod space;
 pub mod task_files;
 pub mod write;
+
+#[cfg(test)]
+mod tests;
 
 pub use error::{Errno, FsResult};
 pub use filesystem::{DfcacheFs, FsConfig, TASK_ID_XATTR};

@@ -1,5 +1,5 @@
 //! Mounting: stale-mount recovery, fuser session options, and the sysfs
-//! read-ahead lever (../shared/LIMITS.md: 1 MiB requests, 1.7-3x faster).
+//! read-ahead lever (1 MiB requests, 1.7-3x faster: docs/ARCHITECTURE.md).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

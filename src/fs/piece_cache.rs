@@ -17,8 +17,8 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
 use crate::domain::piece::reported_or_default;
+use crate::fs::daemon::{DaemonClient, ReadRange};
 use crate::fs::error::{Errno, FsResult};
-use crate::grpc::client::{Client, ReadRange};
 
 /// What the cache needs to know of a task to fetch its pieces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ impl Flight {
 }
 
 pub struct PieceCache {
-    client: Client,
+    client: Arc<dyn DaemonClient>,
     lru: Mutex<Lru>,
     /// Also guards the hand-over from a flight to the LRU: a reader looks
     /// in both under this lock, so it never misses a piece in between.
@@ -113,7 +113,7 @@ impl PieceCache {
     /// `capacity`: cached bytes; `inflight`: bytes being fetched at once.
     /// Fetches are bounded by the client's deadlines: a piece whose bytes
     /// stop coming fails, a slow one that keeps coming does not.
-    pub fn new(client: Client, capacity: u64, inflight: u64) -> Self {
+    pub fn new(client: Arc<dyn DaemonClient>, capacity: u64, inflight: u64) -> Self {
         let budget_units = u32::try_from(inflight.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX >> 4);
         Self {
             client,
@@ -331,10 +331,10 @@ impl PieceCache {
         };
         let mut reader = self
             .client
-            .read_task(&task.id, range)
+            .read(&task.id, range)
             .await
             .map_err(Errno::from)?;
-        while let Some((_, chunk)) = reader.next_chunk().await.map_err(Errno::from)? {
+        while let Some(chunk) = reader.next_chunk().await.map_err(Errno::from)? {
             sink(chunk);
         }
         Ok(())

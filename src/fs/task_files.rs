@@ -22,15 +22,15 @@ use lru::LruCache;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
+use crate::fs::daemon::{ClientError, DaemonClient};
 use crate::fs::error::{Errno, FsResult};
 use crate::fs::piece_cache::TaskGeometry;
-use crate::grpc::client::{Client, ClientError};
 
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
 /// Downloads of whole tasks into local files, at most `capacity` bytes.
 pub struct TaskFiles {
-    client: Client,
+    client: Arc<dyn DaemonClient>,
     dir: PathBuf,
     capacity: u64,
     /// Longest wait for a download to make progress.
@@ -71,7 +71,12 @@ impl Drop for Download {
 }
 
 impl TaskFiles {
-    pub fn new(client: Client, dir: PathBuf, capacity: u64, stall_timeout: Duration) -> Self {
+    pub fn new(
+        client: Arc<dyn DaemonClient>,
+        dir: PathBuf,
+        capacity: u64,
+        stall_timeout: Duration,
+    ) -> Self {
         Self {
             client,
             dir,
@@ -199,9 +204,14 @@ impl TaskFiles {
 }
 
 /// Runs one download to its end, recording each piece as it lands.
-async fn download(client: Client, task: TaskGeometry, file: File, progress: watch::Sender<Landed>) {
+async fn download(
+    client: Arc<dyn DaemonClient>,
+    task: TaskGeometry,
+    file: File,
+    progress: watch::Sender<Landed>,
+) {
     let file = Arc::new(file);
-    let result = receive_pieces(&client, &task, &file, &progress).await;
+    let result = receive_pieces(client.as_ref(), &task, &file, &progress).await;
     match result {
         Ok(()) => info!("whole task downloaded"),
         Err(err) => {
@@ -213,12 +223,12 @@ async fn download(client: Client, task: TaskGeometry, file: File, progress: watc
 }
 
 async fn receive_pieces(
-    client: &Client,
+    client: &dyn DaemonClient,
     task: &TaskGeometry,
     file: &Arc<File>,
     progress: &watch::Sender<Landed>,
 ) -> Result<(), ClientError> {
-    let mut stream = client.download_task(&task.id, None, false, None).await?;
+    let mut stream = client.download(&task.id).await?;
     while let Some(piece) = stream.next_piece().await? {
         let content = piece.content.ok_or_else(|| {
             ClientError::Protocol(format!("piece {} came without its content", piece.number))

@@ -24,7 +24,6 @@ use crate::fs::filesystem::{DfcacheFs, OpenFile};
 use crate::fs::import::{Finished, ImportState, Spool, Stream};
 use crate::fs::inodes::{ImportMeta, ImportNode, Node, IMPORT_INO, ROOT_INO, TASKS_INO};
 use crate::fs::read::Opened;
-use crate::grpc::client::NoProgress;
 
 static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
 
@@ -106,11 +105,7 @@ impl DfcacheFs {
         let (tx, rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
         let client = self.client.clone();
         let options = self.config.import.clone();
-        let call = tokio::spawn(async move {
-            client
-                .write_chunks(rx, None, &options, Arc::new(NoProgress))
-                .await
-        });
+        let call = tokio::spawn(async move { client.write(rx, &options).await });
         Ok(ImportState::Streaming(Stream::new(tx, call)))
     }
 
@@ -281,9 +276,7 @@ impl DfcacheFs {
             .import_file(
                 &spool.path,
                 daemon_path.as_deref().map_err(String::as_str),
-                true,
                 &self.config.import,
-                Arc::new(NoProgress),
             )
             .await
             .map_err(|e| {

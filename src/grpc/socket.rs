@@ -1,6 +1,6 @@
 //! Transport settings shared by both ends of the Unix socket.
 //!
-//! Numbers from ../shared/LIMITS.md: HTTP/2 frames of 1 MiB (the default
+//! Numbers measured on these machines (docs/ARCHITECTURE.md): HTTP/2 frames of 1 MiB (the default
 //! 16 KiB is the main throughput limit), large flow-control windows, and a
 //! message limit above the 1 MiB chunks plus protobuf framing.
 

@@ -1,4 +1,4 @@
-//! The mapping rules of DESIGN.md, one test each.
+//! The mapping rules of the README's "Path mapping" section, one test each.
 
 use std::path::{Path, PathBuf};
 

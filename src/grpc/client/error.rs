@@ -92,7 +92,7 @@ impl ClientError {
         }
     }
 
-    /// The errno a file system call should fail with (DESIGN.md's table).
+    /// The errno a file system call should fail with (the README's table).
     pub fn errno(&self) -> i32 {
         match self {
             ClientError::NotFound(_) => libc::ENOENT,
