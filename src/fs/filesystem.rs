@@ -177,6 +177,11 @@ impl DfcacheFs {
             .ok_or(Errno::EBADF)
     }
 
+    /// The inode an open handle is on.
+    pub fn handle_ino(&self, fh: u64) -> Option<u64> {
+        self.handle(fh).ok().map(|file| file.node.ino())
+    }
+
     pub(crate) fn take_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
         self.handles
             .lock()

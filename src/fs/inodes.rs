@@ -75,6 +75,15 @@ pub enum Node {
     Import(Arc<ImportNode>),
 }
 
+impl Node {
+    pub fn ino(&self) -> u64 {
+        match self {
+            Node::Task(t) => t.ino,
+            Node::Import(i) => i.ino,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Inodes {
     next: u64,

@@ -58,6 +58,9 @@ pub enum Fault {
 struct State {
     tasks: BTreeMap<String, Stored>,
     faults: HashMap<Call, VecDeque<Fault>>,
+    /// Refusals at the end of an import, taken by the next import that
+    /// reaches its end (so the order is that of commits, not of starts).
+    finish_faults: HashMap<Call, VecDeque<Code>>,
     calls: HashMap<Call, u64>,
     /// No streaming RPCs (a released dfdaemon): reads and writes are
     /// UNIMPLEMENTED, imports go by path, reads by whole-task downloads.
@@ -118,12 +121,23 @@ impl FakeDaemon {
     }
 
     /// The next `call` fails with `fault` (faults queue up, one per call).
+    /// `FailAtFinish` goes to the next import of that kind to reach its end.
     pub fn inject(&self, call: Call, fault: Fault) {
+        let mut state = self.state();
+        match fault {
+            Fault::FailAtFinish(code) => {
+                state.finish_faults.entry(call).or_default().push_back(code)
+            }
+            fault => state.faults.entry(call).or_default().push_back(fault),
+        }
+    }
+
+    /// The refusal waiting for the next import of `call` to end, if any.
+    fn finish_fault(&self, call: Call) -> Option<Code> {
         self.state()
-            .faults
-            .entry(call)
-            .or_default()
-            .push_back(fault);
+            .finish_faults
+            .get_mut(&call)
+            .and_then(VecDeque::pop_front)
     }
 
     /// How many times `call` was made.
@@ -297,7 +311,7 @@ impl DaemonClient for FakeDaemon {
             content.extend_from_slice(&chunk);
             taken += 1;
         }
-        if let Some(Fault::FailAtFinish(code)) = fault {
+        if let Some(code) = self.finish_fault(Call::Write) {
             return Err(status(code, "the end of an import"));
         }
         Ok(self.store(Bytes::from(content), options))
@@ -323,7 +337,7 @@ impl DaemonClient for FakeDaemon {
         }
         let content = std::fs::read(local)
             .map_err(|e| ClientError::io(format!("open {}", local.display()), e))?;
-        if let Some(Fault::FailAtFinish(code)) = fault {
+        if let Some(code) = self.finish_fault(Call::Import) {
             return Err(status(code, "the end of an import"));
         }
         Ok(self.store(Bytes::from(content), options))
