@@ -108,10 +108,10 @@ enum Outcome {
     Skipped,
 }
 
-fn of<T>(r: Result<T, dfcache::fs::Errno>, ok: impl FnOnce(T) -> Outcome) -> Outcome {
+fn of<T>(r: Result<T, dfcache::fs::FsError>, ok: impl FnOnce(T) -> Outcome) -> Outcome {
     match r {
         Ok(v) => ok(v),
-        Err(e) => Outcome::Err(e.0),
+        Err(e) => Outcome::Err(e.code()),
     }
 }
 
@@ -464,11 +464,11 @@ impl Real {
             Op::Read { file, offset, len } => {
                 let attr = match fs.lookup(IMPORT_INO, &OsString::from(fname(file))).await {
                     Ok(attr) => attr,
-                    Err(e) => return Outcome::Err(e.0),
+                    Err(e) => return Outcome::Err(e.code()),
                 };
                 let fh = match fs.open(attr.ino, false, false).await {
                     Ok(opened) => opened.fh,
-                    Err(e) => return Outcome::Err(e.0),
+                    Err(e) => return Outcome::Err(e.code()),
                 };
                 let read = fs.read(fh, u64::from(offset), u32::from(len)).await;
                 let _ = fs.release(fh).await;
@@ -477,7 +477,7 @@ impl Real {
             Op::Listing => {
                 let fh = match fs.opendir(IMPORT_INO).await {
                     Ok(fh) => fh,
-                    Err(e) => return Outcome::Err(e.0),
+                    Err(e) => return Outcome::Err(e.code()),
                 };
                 let names = fs
                     .dir_listing(fh)
@@ -495,7 +495,7 @@ impl Real {
             Op::Xattr(f) => {
                 let attr = match fs.lookup(IMPORT_INO, &OsString::from(fname(f))).await {
                     Ok(attr) => attr,
-                    Err(e) => return Outcome::Err(e.0),
+                    Err(e) => return Outcome::Err(e.code()),
                 };
                 of(
                     fs.getxattr(attr.ino, &OsString::from("user.dfcache.task_id"))

@@ -263,6 +263,7 @@ impl DfcacheFs {
             .to_str()
             .filter(|id| is_task_id(id))
             .ok_or(Errno::ENOENT)?;
+        tracing::Span::current().record("task_id", id);
         let known = self.inodes().task(id);
         if let Some(task) = &known {
             if task.confirmed_within(REVALIDATE_AFTER) {

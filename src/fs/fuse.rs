@@ -15,6 +15,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
+use tracing::{debug, warn, Instrument};
 
 use crate::fs::attr::{Attr, Kind, SetAttr};
 use crate::fs::error::Errno;
@@ -40,18 +41,31 @@ impl FuseAdapter {
         Self { fs, rt }
     }
 
-    /// Runs `f` on the runtime with a handle on the file system.
-    fn spawn<F, Fut>(&self, f: F)
+    /// Runs `f` on the runtime with a handle on the file system, in a span
+    /// naming the operation and its inode (the file system records the task
+    /// id in it where there is one): what it logs, and the failure the
+    /// reply logs, carry them.
+    fn spawn<F, Fut>(&self, op: &'static str, ino: u64, f: F)
     where
         F: FnOnce(Arc<DfcacheFs>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.fs.clone()));
+        let span = tracing::info_span!("fuse", op, ino, task_id = tracing::field::Empty);
+        self.rt.spawn(f(self.fs.clone()).instrument(span));
     }
 }
 
+/// The errno a failed operation replies with. This is the one place a
+/// failure is logged: a warning with its cause when the errno alone would
+/// not explain it (the daemon failed, timed out, lacks an RPC), a debug
+/// line for plain answers (ENOENT and the like).
 fn errno(e: Errno) -> FuseErrno {
-    FuseErrno::from_i32(e.0)
+    if e.is_failure() {
+        warn!(errno = e.code(), error = %e, "operation failed");
+    } else {
+        debug!(errno = e.code(), error = %e, "operation answered an error");
+    }
+    FuseErrno::from_i32(e.code())
 }
 
 /// The kernel's caching flags for an opened file.
@@ -115,7 +129,7 @@ impl Filesystem for FuseAdapter {
         // O_TRUNC arrives with open() (instead of a separate truncate), so
         // reopening a finished import with O_TRUNC starts a new import.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
-            tracing::warn!(
+            warn!(
                 ?missing,
                 "kernel lacks atomic O_TRUNC: overwriting a finished import will fail"
             );
@@ -125,7 +139,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_os_string();
-        self.spawn(move |fs| async move {
+        self.spawn("lookup", parent.0, move |fs| async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(attr) => reply.entry(&ttl_of(&attr), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -134,7 +148,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(move |fs| async move {
+        self.spawn("getattr", ino.0, move |fs| async move {
             match fs.getattr(ino.0).await {
                 Ok(attr) => reply.attr(&ttl_of(&attr), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),
@@ -168,7 +182,7 @@ impl Filesystem for FuseAdapter {
             atime: time_of(atime),
             mtime: time_of(mtime),
         };
-        self.spawn(move |fs| async move {
+        self.spawn("setattr", ino.0, move |fs| async move {
             match fs.setattr(ino.0, change).await {
                 Ok(attr) => reply.attr(&ttl_of(&attr), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),
@@ -177,7 +191,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(move |fs| async move {
+        self.spawn("opendir", ino.0, move |fs| async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -227,7 +241,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        self.spawn(move |fs| async move {
+        self.spawn("open", ino.0, move |fs| async move {
             match fs.open(ino.0, write, truncate).await {
                 Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(opened)),
                 Err(e) => reply.error(errno(e)),
@@ -246,7 +260,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(move |fs| async move {
+        self.spawn("read", _ino.0, move |fs| async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
@@ -267,7 +281,7 @@ impl Filesystem for FuseAdapter {
         let name = name.to_os_string();
         let (uid, gid) = (req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
-        self.spawn(move |fs| async move {
+        self.spawn("create", parent.0, move |fs| async move {
             match fs
                 .create(parent.0, &name, mode & !umask, exclusive, uid, gid)
                 .await
@@ -297,7 +311,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn(move |fs| async move {
+        self.spawn("write", _ino.0, move |fs| async move {
             match fs.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
@@ -313,7 +327,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move { reply_empty(fs.flush(fh.0).await, reply) });
+        self.spawn("flush", _ino.0, move |fs| async move {
+            reply_empty(fs.flush(fh.0).await, reply)
+        });
     }
 
     fn release(
@@ -326,7 +342,9 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move { reply_empty(fs.release(fh.0).await, reply) });
+        self.spawn("release", _ino.0, move |fs| async move {
+            reply_empty(fs.release(fh.0).await, reply)
+        });
     }
 
     fn fsync(
@@ -337,12 +355,16 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move { reply_empty(fs.fsync(fh.0).await, reply) });
+        self.spawn("fsync", _ino.0, move |fs| async move {
+            reply_empty(fs.fsync(fh.0).await, reply)
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_os_string();
-        self.spawn(move |fs| async move { reply_empty(fs.unlink(parent.0, &name).await, reply) });
+        self.spawn("unlink", parent.0, move |fs| async move {
+            reply_empty(fs.unlink(parent.0, &name).await, reply)
+        });
     }
 
     fn rename(
@@ -363,7 +385,7 @@ impl Filesystem for FuseAdapter {
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
-        self.spawn(move |fs| async move {
+        self.spawn("rename", parent.0, move |fs| async move {
             match fs
                 .rename(parent.0, &name, newparent.0, &newname, no_replace)
                 .await
@@ -376,13 +398,15 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_os_string();
-        self.spawn(
-            move |fs| async move { xattr_reply(fs.getxattr(ino.0, &name).await, size, reply) },
-        );
+        self.spawn("getxattr", ino.0, move |fs| async move {
+            xattr_reply(fs.getxattr(ino.0, &name).await, size, reply)
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn(move |fs| async move { xattr_reply(fs.listxattr(ino.0).await, size, reply) });
+        self.spawn("listxattr", ino.0, move |fs| async move {
+            xattr_reply(fs.listxattr(ino.0).await, size, reply)
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::domain::piece::reported_or_default;
 use crate::domain::CHUNK_SIZE;
-use crate::fs::error::{Errno, FsResult};
+use crate::fs::error::{Errno, FsError, FsResult};
 use crate::fs::piece_cache::TaskGeometry;
 use crate::grpc::client::{ClientResult, WriteSummary};
 
@@ -109,12 +109,11 @@ impl Stream {
     /// Appends `data` written at `offset`; only the current end is allowed.
     pub async fn write(&mut self, offset: u64, data: Vec<u8>) -> FsResult<()> {
         if offset != self.written {
-            warn!(
-                offset,
-                expected = self.written,
-                "write not at the end of a streamed import: it cannot be streamed (mount with --spool to allow it)"
-            );
-            return Err(Errno::EINVAL);
+            return Err(Errno::EINVAL.because(std::io::Error::other(format!(
+                "write at offset {offset}, not at the end ({}) of a streamed import: \
+                 it cannot be streamed (mount with --spool to allow it)",
+                self.written
+            ))));
         }
         let len = data.len() as u64;
         if self.buf.is_empty() && data.len() >= CHUNK_SIZE / 2 {
@@ -206,18 +205,13 @@ fn ended_errno(ended: &ClientResult<WriteSummary>) -> Errno {
 
 impl Spool {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
-        self.file.write_all_at(data, offset).map_err(|e| {
-            warn!(path = %self.path.display(), error = %e, "spool write failed");
-            Errno(e.raw_os_error().unwrap_or(libc::EIO))
-        })?;
+        self.file.write_all_at(data, offset).map_err(FsError::io)?;
         self.size = self.size.max(offset + data.len() as u64);
         Ok(())
     }
 
     pub fn truncate(&mut self, size: u64) -> FsResult<()> {
-        self.file
-            .set_len(size)
-            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        self.file.set_len(size).map_err(FsError::io)?;
         self.size = size;
         Ok(())
     }

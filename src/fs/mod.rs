@@ -30,6 +30,6 @@ pub mod write;
 #[cfg(test)]
 mod tests;
 
-pub use error::{Errno, FsResult};
+pub use error::{Errno, FsError, FsResult};
 pub use filesystem::{DfcacheFs, FsConfig, TASK_ID_XATTR};
 pub use mount::{mount, MountSettings};

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::domain::piece::reported_or_default;
 use crate::fs::daemon::{DaemonClient, ReadRange};
@@ -65,7 +65,7 @@ struct Flight {
     progress: watch::Sender<Progress>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Progress {
     Landed(usize),
     Done,
@@ -171,14 +171,16 @@ impl PieceCache {
         };
         let mut progress = flight.progress.subscribe();
         loop {
-            let state = *progress.borrow_and_update();
+            let state = progress.borrow_and_update().clone();
             match state {
                 Progress::Landed(n) if n >= to => return Ok(flight.slice(from, to)),
                 Progress::Done => {
                     let landed: usize = flight.chunks().iter().map(Bytes::len).sum();
                     if landed < to {
-                        warn!(task_id = %task.id, index, landed, to, "piece shorter than the task says; answering EIO");
-                        return Err(Errno::EIO);
+                        return Err(Errno::EIO.because(std::io::Error::other(format!(
+                            "piece {index} of task {} ended at {landed} bytes, before {to}",
+                            task.id
+                        ))));
                     }
                     return Ok(flight.slice(from, to));
                 }
@@ -302,8 +304,11 @@ impl PieceCache {
         self.bounded(task, offset, len, |chunk| out.extend_from_slice(&chunk))
             .await?;
         if out.len() as u64 != len {
-            warn!(task_id = %task.id, offset, got = out.len(), len, "short read; answering EIO");
-            return Err(Errno::EIO);
+            return Err(Errno::EIO.because(std::io::Error::other(format!(
+                "the daemon sent {} of {len} bytes at {offset} of task {}",
+                out.len(),
+                task.id
+            ))));
         }
         Ok(out.freeze())
     }

@@ -61,21 +61,21 @@ impl DfcacheFs {
         let file = self.handle(fh)?;
         let geometry = match &file.node {
             Node::Task(task) => task.geometry.clone(),
-            Node::Import(node) => {
-                match &*node.state.lock().await {
-                    ImportState::Finished(f) => f.geometry(),
-                    _ => {
-                        tracing::warn!("read of an import that is not finished: its content is with the daemon");
-                        return Err(Errno::EINVAL);
-                    }
+            Node::Import(node) => match &*node.state.lock().await {
+                ImportState::Finished(f) => f.geometry(),
+                _ => {
+                    return Err(Errno::EINVAL.because(std::io::Error::other(
+                        "read of an import that is not finished: its content is with the daemon",
+                    )));
                 }
-            }
+            },
         };
+        tracing::Span::current().record("task_id", &*geometry.id);
         match self
             .read_task(&geometry, &file.readahead, offset, size)
             .await
         {
-            Err(Errno::ENOENT) => {
+            Err(e) if e == Errno::ENOENT => {
                 // Deleted or expired while open: what the kernel cached
                 // still reads; the rest is ESTALE (as NFS says of a file
                 // gone under an open handle), and the name stops resolving.

@@ -20,10 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use lru::LruCache;
 use tokio::sync::watch;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 use crate::fs::daemon::{ClientError, DaemonClient};
-use crate::fs::error::{Errno, FsResult};
+use crate::fs::error::{Errno, FsError, FsResult};
 use crate::fs::piece_cache::TaskGeometry;
 
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
@@ -109,8 +109,8 @@ impl TaskFiles {
                 if landed.covers(first, last) {
                     return Ok(());
                 }
-                if let Some(errno) = landed.failed {
-                    return Err(errno);
+                if let Some(errno) = &landed.failed {
+                    return Err(errno.clone());
                 }
             }
             match tokio::time::timeout(self.stall_timeout, rx.changed()).await {
@@ -118,9 +118,10 @@ impl TaskFiles {
                 // The sender lives in `download`, which we hold.
                 Ok(Err(_)) => return Err(Errno::EIO),
                 Err(_) => {
-                    warn!(task_id = %download.geometry.id, timeout = ?self.stall_timeout,
-                        "download of the whole task made no progress; answering ETIMEDOUT");
-                    return Err(Errno::ETIMEDOUT);
+                    return Err(Errno::ETIMEDOUT.because(std::io::Error::other(format!(
+                        "the download of task {} made no progress for {:?}",
+                        download.geometry.id, self.stall_timeout
+                    ))))
                 }
             }
         }
@@ -139,9 +140,10 @@ impl TaskFiles {
             }
         }
         if task.content_length > self.capacity {
-            warn!(task_id = %task.id, size = task.content_length, capacity = self.capacity,
-                "task is larger than --task-cache-size; cannot read it from this daemon");
-            return Err(Errno(libc::EFBIG));
+            return Err(Errno::EFBIG.because(std::io::Error::other(format!(
+                "task {} ({} bytes) is larger than --task-cache-size ({}); it cannot be read from this daemon",
+                task.id, task.content_length, self.capacity
+            ))));
         }
         while state.bytes + task.content_length > self.capacity {
             match state.downloads.pop_lru() {
@@ -159,10 +161,9 @@ impl TaskFiles {
     }
 
     fn start(&self, task: &TaskGeometry) -> FsResult<Arc<Download>> {
-        let file = self.create_file().map_err(|e| {
-            warn!(dir = %self.dir.display(), error = %e, "cannot create a download file");
-            Errno::EIO
-        })?;
+        let file = self
+            .create_file()
+            .map_err(|e| FsError::caused_by(libc::EIO, e))?;
         let pieces = vec![false; task.piece_count() as usize];
         let (progress, _) = watch::channel(Landed {
             pieces,
@@ -215,8 +216,9 @@ async fn download(
     match result {
         Ok(()) => info!("whole task downloaded"),
         Err(err) => {
+            // Every read waiting on it fails with this, cause included.
             let errno = Errno::from(&err);
-            warn!(error = %err, "whole-task download failed");
+            debug!(error = %err, "whole-task download failed");
             progress.send_modify(|landed| landed.failed = Some(errno));
         }
     }
@@ -275,8 +277,5 @@ async fn read_at(download: Arc<Download>, offset: u64, len: u64) -> FsResult<Byt
     })
     .await
     .map_err(|_| Errno::EIO)?
-    .map_err(|e| {
-        warn!(error = %e, "read of a downloaded task failed");
-        Errno::EIO
-    })
+    .map_err(|e| FsError::caused_by(libc::EIO, e))
 }

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::domain::CHUNK_QUEUE_DEPTH;
 use crate::fs::attr::Attr;
-use crate::fs::error::{Errno, FsResult};
+use crate::fs::error::{Errno, FsError, FsResult};
 use crate::fs::filesystem::{DfcacheFs, OpenFile};
 use crate::fs::import::{Finished, ImportState, Spool, Stream};
 use crate::fs::inodes::{ImportMeta, ImportNode, Node, IMPORT_INO, ROOT_INO, TASKS_INO};
@@ -85,10 +85,7 @@ impl DfcacheFs {
                 .write(true)
                 .create_new(true)
                 .open(&path)
-                .map_err(|e| {
-                    warn!(path = %path.display(), error = %e, "cannot create spool file");
-                    Errno(e.raw_os_error().unwrap_or(libc::EIO))
-                })?;
+                .map_err(FsError::io)?;
             return Ok(ImportState::Spooling(Spool {
                 file: Arc::new(file),
                 path,
@@ -97,10 +94,9 @@ impl DfcacheFs {
         }
         if self.client.is_legacy() {
             // Found out after the mount started (the daemon came up later).
-            warn!(
-                "the daemon has no streaming RPCs (a released dfdaemon): imports need --spool DIR"
-            );
-            return Err(Errno::EOPNOTSUPP);
+            return Err(Errno::EOPNOTSUPP.because(std::io::Error::other(
+                "the daemon has no streaming RPCs (a released dfdaemon): imports need --spool DIR",
+            )));
         }
         let (tx, rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
         let client = self.client.clone();
@@ -152,10 +148,11 @@ impl DfcacheFs {
                 spool.size = moved.size;
             }
             ImportState::Finished(_) => {
-                warn!("write after the import was committed (by a close of another descriptor)");
-                return Err(Errno::EIO);
+                return Err(Errno::EIO.because(std::io::Error::other(
+                    "write after the import was committed (by fsync or a close of another descriptor)",
+                )));
             }
-            ImportState::Failed(errno) => return Err(*errno),
+            ImportState::Failed(errno) => return Err(errno.clone()),
             ImportState::Cancelled => return Err(Errno::EIO),
         }
         node.meta().mtime = SystemTime::now();
@@ -176,7 +173,7 @@ impl DfcacheFs {
             ImportState::Streaming(s) => s.written() > 0,
             ImportState::Spooling(s) => s.size > 0,
             ImportState::Finished(_) | ImportState::Cancelled => return Ok(()),
-            ImportState::Failed(errno) => return Err(*errno),
+            ImportState::Failed(errno) => return Err(errno.clone()),
         };
         if !has_data {
             return Ok(());
@@ -240,12 +237,9 @@ impl DfcacheFs {
                 Ok(())
             }
             Err(errno) => {
-                warn!(
-                    name,
-                    errno = errno.0,
-                    "import failed; its name is removed from import/"
-                );
-                *state = ImportState::Failed(errno);
+                // Logged once, by the adapter, with its cause.
+                info!(name, "import failed; its name is removed from import/");
+                *state = ImportState::Failed(errno.clone());
                 // No file that looks like a finished import may remain.
                 let name = node.meta().name.clone();
                 let mut inodes = self.inodes();
@@ -279,16 +273,7 @@ impl DfcacheFs {
                 &self.config.import,
             )
             .await
-            .map_err(|e| {
-                let errno = Errno::from(&e);
-                if errno != Errno::EIO {
-                    // EIO was logged with its cause already; the others
-                    // (a path the daemon cannot open: check --path-mapping)
-                    // would reach the user as a bare errno.
-                    warn!(path = %spool.path.display(), error = %e, "upload of the spool file failed");
-                }
-                errno
-            });
+            .map_err(FsError::from);
         let size = spool.size;
         spool.discard();
         Ok(Finished::of(result?, size))

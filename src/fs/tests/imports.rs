@@ -142,7 +142,7 @@ async fn a_refused_import_fails_close_with_its_errno_and_its_name_goes() {
     for (fault, errno) in [
         (
             Fault::FailAtFinish(Code::ResourceExhausted),
-            Errno(libc::ENOSPC),
+            Errno::new(libc::ENOSPC),
         ),
         (Fault::FailAtFinish(Code::InvalidArgument), Errno::EINVAL),
         (Fault::FailAtFinish(Code::Internal), Errno::EIO),
