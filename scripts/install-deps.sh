@@ -12,6 +12,9 @@ command -v mountpoint > /dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
 command -v python3 > /dev/null || need+=(python3)
 command -v rsync > /dev/null || need+=(rsync)
+# The power-loss tests put a store on a loop-mounted ext4 image.
+command -v mkfs.ext4 > /dev/null || need+=(e2fsprogs)
+command -v losetup > /dev/null || need+=(mount)
 
 # PyYAML, for the test that parses the README's Kubernetes manifests.
 python3 -c 'import yaml' 2> /dev/null || pip_yaml=1

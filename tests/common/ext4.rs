@@ -47,9 +47,19 @@ impl Ext4 {
         self.mounted = true;
     }
 
+    /// Unmounts, and waits until the loop device under the image is gone:
+    /// a remount while the old (shut down) one lingers could meet the old
+    /// file system's state (seen as EIO on a loaded machine).
     pub fn unmount(&mut self) {
         run(Command::new("umount").arg(&self.mount));
         self.mounted = false;
+        super::eventually("the image's loop device to detach", 20, || {
+            Command::new("losetup")
+                .arg("-j")
+                .arg(&self.image)
+                .output()
+                .is_ok_and(|out| out.status.success() && out.stdout.is_empty())
+        });
     }
 
     /// The power cut: nothing after the journal's last commit survives.
