@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 
 CARGO_LLVM_COV_VERSION=0.9.1
 OUT=target/coverage
-MODULES=(src/fs/ src/grpc/ src/store/ src/mapping/ src/cli/ src/direct_io/ src/)
+MODULES=(src/fs/ src/grpc/ src/store/ src/mapping/ src/domain/ src/cli/ src/direct_io/ src/)
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"

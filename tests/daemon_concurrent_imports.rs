@@ -16,6 +16,7 @@ use dfcache::grpc::server::ServeOptions;
 
 mod common;
 
+use common::id_of;
 use common::inproc::{write_bytes, Running};
 
 const IMPORTS: usize = 64;
@@ -28,14 +29,6 @@ fn content(seed: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(seed as u8 | 1) ^ (i >> 11) as u8 ^ seed as u8)
         .collect()
-}
-
-fn expected_id(data: &[u8]) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(data);
-    h.update(b"PERSISTENT_CACHE");
-    hex::encode(h.finalize())
 }
 
 async fn read_all(d: &Running, id: &str) -> Vec<u8> {
@@ -104,7 +97,7 @@ async fn sixty_four_concurrent_imports_are_stored_a_few_at_a_time_byte_exact_and
     let mut ids = HashMap::new();
     for h in handles {
         let (seed, id) = h.await.unwrap();
-        assert_eq!(id, expected_id(&content(seed)), "content {seed}");
+        assert_eq!(id, id_of(&content(seed)), "content {seed}");
         ids.insert(seed, id);
     }
     done.store(true, Ordering::SeqCst);

@@ -15,6 +15,7 @@ use dfcache::grpc::server::{Emulation, ServeOptions};
 
 mod common;
 
+use common::id_of;
 use common::inproc::{write_bytes, Running};
 
 const MIB: usize = 1 << 20;
@@ -59,14 +60,6 @@ fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
         .collect()
-}
-
-fn expected_id(data: &[u8]) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(data);
-    h.update(b"PERSISTENT_CACHE");
-    hex::encode(h.finalize())
 }
 
 #[tokio::test]
@@ -139,7 +132,7 @@ async fn a_2_1_12_style_client_works_unchanged() {
     )
     .await
     .unwrap();
-    assert_eq!(resp.task_id, expected_id(&data));
+    assert_eq!(resp.task_id, id_of(&data));
     assert_eq!(resp.content_length, data.len() as u64);
     assert_eq!(resp.piece_length, 4 * MIB as u64);
     assert_eq!(resp.piece_count, 3);
@@ -262,7 +255,7 @@ async fn many_concurrent_writers_and_readers() {
         let data = content(3 * MIB + i as usize / 2, i / 2);
         writers.push(tokio::spawn(async move {
             let id = write_bytes(&client, &data).await;
-            assert_eq!(id, expected_id(&data));
+            assert_eq!(id, id_of(&data));
             (id, data)
         }));
     }

@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use common::inproc::{write_bytes, Running};
+use common::{id_of, Rng};
 use dfcache::fs::attr::Owner;
 use dfcache::fs::inodes::{IMPORT_INO, TASKS_INO};
 use dfcache::fs::{DfcacheFs, Errno, FsConfig, TASK_ID_XATTR};
@@ -20,29 +21,6 @@ use dfcache::mapping::PathMapper;
 
 const MIB: usize = 1 << 20;
 
-/// xorshift64: deterministic, seeded, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let seed = self.next();
-        (0..len)
-            .map(|i| (seed.wrapping_add(i as u64 * 2654435761) >> 24) as u8)
-            .collect()
-    }
-}
-
 /// What the mount should show.
 #[derive(Default)]
 struct Model {
@@ -50,14 +28,6 @@ struct Model {
     imports: BTreeMap<OsString, Vec<u8>>,
     /// task id -> content.
     tasks: BTreeMap<String, Vec<u8>>,
-}
-
-fn task_id(data: &[u8]) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(data);
-    h.update(b"PERSISTENT_CACHE");
-    hex::encode(h.finalize())
 }
 
 fn config() -> FsConfig {
@@ -159,7 +129,7 @@ async fn check_listing(fs: &DfcacheFs, model: &Model) {
 async fn run(seed: u64, steps: usize) {
     let daemon = Running::start(ServeOptions::default()).await;
     let fs = DfcacheFs::new(std::sync::Arc::new(daemon.client()), config());
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut model = Model::default();
     let sizes = [
         0,
@@ -178,7 +148,7 @@ async fn run(seed: u64, steps: usize) {
                 let size = sizes[rng.below(sizes.len() as u64) as usize];
                 let data = rng.bytes(size);
                 let id = import(&fs, &mut rng, &name, &data).await;
-                assert_eq!(id, task_id(&data), "step {step}: imported id");
+                assert_eq!(id, id_of(&data), "step {step}: imported id");
                 model.tasks.insert(id, data.clone());
                 model.imports.insert(name, data);
             }
@@ -240,7 +210,7 @@ async fn run(seed: u64, steps: usize) {
             }
             _ => {
                 // Unknown ids and out-of-order writes are refused, and change nothing.
-                let unknown = format!("{:064x}", rng.next());
+                let unknown = format!("{:064x}", rng.next_u64());
                 assert_eq!(
                     fs.lookup(TASKS_INO, unknown.as_ref()).await,
                     Err(Errno::ENOENT)
@@ -276,7 +246,7 @@ async fn random_operations_match_the_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_on_one_piece_make_one_request() {
     let daemon = Running::start(ServeOptions::default()).await;
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let data = rng.bytes(9 * MIB);
     let id = write_bytes(&daemon.client(), &data).await;
     let fs = std::sync::Arc::new(DfcacheFs::new(

@@ -176,40 +176,74 @@ pub fn failure(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// xorshift64: deterministic, seeded, no dependency; the tests' one PRNG.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Fills `buf` with the next pseudo-random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for word in buf.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.fill(&mut buf);
+        buf
+    }
+}
+
 /// Writes `len` deterministic pseudo-random bytes (seeded) to `path`.
 pub fn write_file(path: &Path, len: u64, seed: u64) {
     let mut f =
         std::io::BufWriter::with_capacity(MIB as usize, std::fs::File::create(path).unwrap());
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::new(seed);
     let mut left = len;
     let mut buf = vec![0u8; MIB as usize];
     while left > 0 {
         let n = left.min(MIB) as usize;
-        for word in buf[..n].chunks_mut(8) {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let bytes = state.to_le_bytes();
-            word.copy_from_slice(&bytes[..word.len()]);
-        }
+        rng.fill(&mut buf[..n]);
         f.write_all(&buf[..n]).unwrap();
         left -= n as u64;
     }
     f.flush().unwrap();
 }
 
-/// The task id dfdaemon would compute for plain content (no tag/app/piece length).
+/// The task id dfdaemon computes for plain content (no tag, application or
+/// piece length), by the crate's own hasher: the one oracle of the tests.
+/// (The hasher itself is checked against known ids in `domain::task_id`.)
+pub fn id_of(data: &[u8]) -> String {
+    let mut hasher = dfcache::domain::task_id::TaskIdHasher::new(Default::default());
+    hasher.update(data);
+    hasher.finish()
+}
+
+/// `id_of` the content of the file at `path`.
 pub fn expected_id(path: &Path) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "(cat '{}'; printf PERSISTENT_CACHE) | sha256sum",
-            path.display()
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+    id_of(&std::fs::read(path).unwrap())
+}
+
+/// `s` as one single-quoted shell word (quotes inside it escaped): the
+/// tests' one shell quoting.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 pub fn same_bytes(a: &Path, b: &Path) -> bool {

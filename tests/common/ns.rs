@@ -237,5 +237,5 @@ fn unshare_then(mounts: &str) -> Vec<String> {
 
 /// `p` in single quotes for sh.
 pub fn sh_quote(p: &Path) -> String {
-    format!("'{}'", p.to_string_lossy().replace('\'', "'\\''"))
+    super::shell_quote(&p.to_string_lossy())
 }

@@ -55,10 +55,6 @@ fn times_out_within(script: &str, bound: Duration) {
     assert!(err.contains("Connection timed out"), "`{script}`: {err}");
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[test]
 fn a_frozen_daemon_fails_every_operation_within_the_fetch_timeout_and_the_mount_recovers() {
     let root = tempdir();

@@ -171,6 +171,7 @@ pub fn task_id_xattr(path: &Path) -> String {
     ))
 }
 
+/// `p` quoted for `sh -c`.
 pub fn q(p: &Path) -> String {
-    format!("'{}'", p.display())
+    crate::common::ns::sh_quote(p)
 }
