@@ -9,9 +9,8 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,11 +20,12 @@ use crate::domain::task_id::is_task_id;
 use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
 use crate::fs::daemon::{ClientError, DaemonClient, ImportOptions, TaskInfo};
 use crate::fs::error::{Errno, FsResult};
+pub use crate::fs::handles::DirEntry;
+use crate::fs::handles::{Handles, OpenFile, Opened};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
 use crate::fs::piece_cache::{PieceCache, TaskGeometry};
-use crate::fs::read::Opened;
-use crate::fs::readahead::Readahead;
+use crate::fs::read_backend::PieceReads;
 use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
 use crate::grpc::client::Code;
@@ -69,21 +69,6 @@ pub struct FsConfig {
     pub owner: Owner,
 }
 
-/// One open file.
-pub struct OpenFile {
-    pub node: Node,
-    pub writable: bool,
-    pub readahead: Mutex<Readahead>,
-}
-
-/// A directory listing entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    pub ino: u64,
-    pub kind: Kind,
-    pub name: OsString,
-}
-
 /// What statfs reports, in blocks of `block_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsStats {
@@ -101,12 +86,8 @@ pub struct DfcacheFs {
     pub(crate) inodes: Mutex<Inodes>,
     pub(crate) cache: Arc<PieceCache>,
     pub(crate) task_files: TaskFiles,
-    pub(crate) handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    /// Listings taken at opendir: a directory of thousands of tasks is
-    /// asked of the daemon once per opendir, not once per readdir call,
-    /// and its offsets stay stable while tasks come and go.
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    next_handle: AtomicU64,
+    pub(crate) piece_reads: PieceReads,
+    pub(crate) handles: Handles,
     /// Task ids recently found unknown, so repeated lookups of a wrong id
     /// do not hammer the daemon.
     negative: Mutex<HashMap<String, Instant>>,
@@ -132,15 +113,18 @@ impl DfcacheFs {
             config.task_cache_size,
             config.fetch_timeout,
         );
+        let piece_reads = PieceReads {
+            cache: cache.clone(),
+            read_ahead: config.read_ahead,
+        };
         Self {
             client,
+            piece_reads,
             config,
             inodes: Mutex::new(Inodes::default()),
             cache,
             task_files,
-            handles: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            handles: Handles::default(),
             negative: Mutex::new(HashMap::new()),
             mounted_at: SystemTime::now(),
         }
@@ -159,22 +143,11 @@ impl DfcacheFs {
     }
 
     pub(crate) fn add_handle(&self, file: OpenFile) -> Opened {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let opened = Opened::new(fh, &file);
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(file));
-        opened
+        self.handles.add_file(file)
     }
 
     pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        self.handles.file(fh)
     }
 
     /// The inode an open handle is on.
@@ -183,10 +156,7 @@ impl DfcacheFs {
     }
 
     pub(crate) fn take_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh)
+        self.handles.take_file(fh)
     }
 
     fn dir_attr(&self, ino: u64, perm: u16) -> Attr {
@@ -351,22 +321,16 @@ impl DfcacheFs {
     /// Opens a directory: its listing, kept until releasedir.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let entries = self.readdir(ino).await?;
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.lock_dirs().insert(fh, Arc::new(entries));
-        Ok(fh)
+        Ok(self.handles.add_dir(entries))
     }
 
     /// The listing taken when `fh` was opened.
     pub fn dir_listing(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        self.lock_dirs().get(&fh).cloned().ok_or(Errno::EBADF)
+        self.handles.dir(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.lock_dirs().remove(&fh);
-    }
-
-    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<DirEntry>>>> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+        self.handles.remove_dir(fh);
     }
 
     /// The entries of directory `ino`, asked of the daemon for `tasks/`.

@@ -20,7 +20,7 @@ use tracing::{debug, warn, Instrument};
 use crate::fs::attr::{Attr, Kind, SetAttr};
 use crate::fs::error::Errno;
 use crate::fs::filesystem::DfcacheFs;
-use crate::fs::read::Opened;
+use crate::fs::handles::Opened;
 
 /// Task content never changes, but a task can be deleted or expire: the
 /// kernel asks again after this long, so `stat` notices (the page cache is

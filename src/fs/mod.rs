@@ -7,6 +7,9 @@
 //! - `filesystem.rs`, `read.rs`, `write.rs`: the semantics, as plain
 //!   async methods returning values or errnos;
 //! - `inodes.rs`, `import.rs`: the inode table and the import state machine;
+//! - `handles.rs`: open files and directory listings (the handle table);
+//! - `read_backend.rs`: where reads come from (the piece cache with
+//!   read-ahead, or whole-task downloads), behind one trait;
 //! - `piece_cache.rs`, `readahead.rs`: the piece LRU and read-ahead policy;
 //! - `task_files.rs`: whole-task downloads, for daemons without range reads;
 //! - `space.rs`: the used and free space statfs reports;
@@ -17,11 +20,13 @@ pub mod daemon;
 pub mod error;
 pub mod filesystem;
 pub mod fuse;
+pub mod handles;
 pub mod import;
 pub mod inodes;
 pub mod mount;
 pub mod piece_cache;
 pub mod read;
+pub mod read_backend;
 pub mod readahead;
 pub mod space;
 pub mod task_files;

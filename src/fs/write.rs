@@ -20,10 +20,10 @@ use tracing::{info, warn};
 use crate::domain::CHUNK_QUEUE_DEPTH;
 use crate::fs::attr::Attr;
 use crate::fs::error::{Errno, FsError, FsResult};
-use crate::fs::filesystem::{DfcacheFs, OpenFile};
+use crate::fs::filesystem::DfcacheFs;
+use crate::fs::handles::{OpenFile, Opened};
 use crate::fs::import::{Finished, ImportState, Spool, Stream};
 use crate::fs::inodes::{ImportMeta, ImportNode, Node, IMPORT_INO, ROOT_INO, TASKS_INO};
-use crate::fs::read::Opened;
 
 static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
 
