@@ -1,14 +1,21 @@
-//! A `dfcache mount` process and helpers to drive it with real programs.
+//! A `dfcache mount` process and helpers to drive it with real programs:
+//! the one mount harness, for mounts in the tests' own mount namespace and
+//! for mounts in a namespace of their own (`start_in`, the legacy tests'
+//! "container" of `common::ns`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::ns::{mounted_in, nsenter_ok};
 use crate::common::{bin, succeeded, terminate, Daemon};
 
 pub struct Mounted {
     pub child: Option<Child>,
     pub mnt: PathBuf,
+    /// Mounted in a private mount namespace (the child's): checked and
+    /// driven through `nsenter`, and gone with the namespace.
+    in_namespace: bool,
 }
 
 impl Mounted {
@@ -35,8 +42,28 @@ impl Mounted {
 
     /// `dfcache mount mnt ARGS`.
     pub fn start_at(mnt: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Mounted {
+        Self::start_in(&[], mnt, args)
+    }
+
+    /// `dfcache mount mnt ARGS` run by `wrapper` (a command prefix that
+    /// sets up a private mount namespace and execs the rest, such as
+    /// `Split::container_prefix`); none: the tests' own namespace.
+    pub fn start_in(
+        wrapper: &[String],
+        mnt: &Path,
+        args: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Mounted {
         let mnt = mnt.to_path_buf();
-        let child = Command::new(bin())
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .arg("mount")
             .arg(&mnt)
             .args(args)
@@ -52,6 +79,7 @@ impl Mounted {
         let mut m = Mounted {
             child: Some(child),
             mnt,
+            in_namespace: !wrapper.is_empty(),
         };
         m.wait_mounted();
         m
@@ -63,7 +91,12 @@ impl Mounted {
             // opendir of import/ is answered by the mount itself (tasks/
             // asks the daemon, which may not be up yet), and unlike a
             // lookup it is never answered from a dead mount's caches.
-            if is_mounted(&self.mnt) && std::fs::read_dir(self.mnt.join("import")).is_ok() {
+            if self.in_namespace {
+                if mounted_in(self.pid(), &self.mnt, "fuse") {
+                    self.sh_ok(&format!("test -d {}", q(&self.path("import"))));
+                    return;
+                }
+            } else if is_mounted(&self.mnt) && std::fs::read_dir(self.mnt.join("import")).is_ok() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -88,6 +121,20 @@ impl Mounted {
         self.mnt.join("tasks").join(id)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mount already stopped").id()
+    }
+
+    /// `sh -c script` where the mount is (in its namespace, if it has
+    /// one); insists it succeeded, returns trimmed stdout.
+    pub fn sh_ok(&self, script: &str) -> String {
+        if self.in_namespace {
+            nsenter_ok(self.pid(), script)
+        } else {
+            sh_ok(script)
+        }
+    }
+
     /// SIGKILL the mount process, as a crash (the mount stays, dead).
     pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -105,7 +152,8 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         self.stop();
-        if is_mounted(&self.mnt) {
+        // A namespace's mounts vanish with it.
+        if !self.in_namespace && is_mounted(&self.mnt) {
             // The process is gone but the mount is not: detach it.
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }

@@ -4,87 +4,34 @@
 //! "container" that sees the shared volume at C only, the daemon in a "host"
 //! namespace that sees it at H only, so the spool must be mapped right.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::ns::*;
 use crate::common::*;
-use crate::harness::listed_task;
+use crate::harness::{listed_task, Mounted};
 
 const PIECE: u64 = 4 * MIB;
 
-/// `dfcache mount` in its own container namespace; unmounted (SIGTERM)
-/// when dropped, and the namespace goes with it.
-struct NsMount {
-    process: Guard,
-    mnt: PathBuf,
+/// `dfcache mount root/mnt -e SOCKET --spool C/spool --path-mapping C:H`,
+/// in the container's namespace.
+fn mount_in_container(split: &Split, socket: &Path) -> Mounted {
+    mount_in_container_with(split, socket, &["--path-mapping", &split.mapping()])
 }
 
-impl NsMount {
-    /// `dfcache mount root/mnt -e SOCKET --spool C/spool --path-mapping C:H`.
-    fn start(split: &Split, socket: &Path) -> NsMount {
-        Self::start_with(split, socket, &["--path-mapping", &split.mapping()])
-    }
+/// `dfcache mount root/mnt -e SOCKET --spool C/spool EXTRA...`, in the
+/// container's namespace.
+fn mount_in_container_with(split: &Split, socket: &Path, extra: &[&str]) -> Mounted {
+    let socket = socket.to_string_lossy();
+    let spool = split.c("spool");
+    let mut args = vec!["-e", &socket, "--spool", &spool];
+    args.extend_from_slice(extra);
+    Mounted::start_in(&split.container_prefix(), &split.root.join("mnt"), &args)
+}
 
-    /// `dfcache mount root/mnt -e SOCKET --spool C/spool EXTRA...`.
-    fn start_with(split: &Split, socket: &Path, extra: &[&str]) -> NsMount {
-        let mnt = split.root.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let mut command = Command::new(split.container_prefix()[0].clone());
-        command
-            .args(&split.container_prefix()[1..])
-            .arg(bin())
-            .arg("mount")
-            .arg(&mnt)
-            .arg("-e")
-            .arg(socket)
-            .args(["--spool", &split.c("spool")])
-            .args(extra)
-            .env(
-                "DFCACHE_LOG_LEVEL",
-                std::env::var("DFCACHE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let process = Guard::new(command.spawn().expect("spawn dfcache mount"));
-        let mut m = NsMount { process, mnt };
-        m.wait_mounted();
-        m
-    }
-
-    fn wait_mounted(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self.process.exited() {
-                panic!("dfcache mount (or its namespace set-up) exited early: {status}");
-            }
-            if mounted_in(self.pid(), &self.mnt, "fuse") {
-                self.sh_ok(&format!("test -d {}", sh_quote(&self.path("tasks"))));
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{} was not mounted", self.mnt.display());
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-
-    fn q(&self, rel: &str) -> String {
-        sh_quote(&self.path(rel))
-    }
-
-    /// `sh -c script` in the mount's namespace; insists it succeeded.
-    fn sh_ok(&self, script: &str) -> String {
-        nsenter_ok(self.pid(), script)
-    }
+/// `rel` in the mount, quoted for the shell.
+fn mq(m: &Mounted, rel: &str) -> String {
+    sh_quote(&m.path(rel))
 }
 
 /// A legacy daemon (with `extra` flags) behind the split, and `len` bytes at
@@ -116,14 +63,14 @@ fn legacy_cp_imports_through_the_mapped_spool_and_reads_back() {
     let len = 3 * PIECE + 123;
     let src = split.host.join("src.bin");
     write_file(&src, len, 11);
-    let m = NsMount::start(&split, &daemon.socket);
+    let m = mount_in_container(&split, &daemon.socket);
     let c_src = sh_quote(&split.container.join("src.bin"));
 
     // cp into import/: spooled at C/spool, uploaded by its host path.
-    m.sh_ok(&format!("cp {c_src} {}", m.q("import/src.bin")));
+    m.sh_ok(&format!("cp {c_src} {}", mq(&m, "import/src.bin")));
     let id = m.sh_ok(&format!(
         "getfattr -n user.dfcache.task_id --only-values {}",
-        m.q("import/src.bin")
+        mq(&m, "import/src.bin")
     ));
     assert_eq!(id, expected_id(&src));
     assert_eq!(daemon.ids(), vec![id.clone()]);
@@ -138,19 +85,19 @@ fn legacy_cp_imports_through_the_mapped_spool_and_reads_back() {
         check.to_str().unwrap(),
     ]);
     assert!(same_bytes(&src, &check));
-    let listing = m.sh_ok(&format!("ls -l {}", m.q("tasks")));
+    let listing = m.sh_ok(&format!("ls -l {}", mq(&m, "tasks")));
     listed_task(&listing, &id, len);
 
     // Read back through the mount: the legacy daemon sends the pieces out
     // of order, the reader gets the bytes in order.
-    let task = m.q(&format!("tasks/{id}"));
+    let task = mq(&m, &format!("tasks/{id}"));
     m.sh_ok(&format!("cmp {task} {c_src}"));
     let tail = |f: &str| format!("tail -c {} {f} | sha256sum", PIECE + 7);
     assert_eq!(m.sh_ok(&tail(&task)), m.sh_ok(&tail(&c_src)));
     let dd = |f: &str| format!("dd if={f} bs=4k skip=1500 count=100 status=none | sha256sum");
     assert_eq!(m.sh_ok(&dd(&task)), m.sh_ok(&dd(&c_src)));
     // The finished import reads the same.
-    m.sh_ok(&format!("cmp {} {c_src}", m.q("import/src.bin")));
+    m.sh_ok(&format!("cmp {} {c_src}", mq(&m, "import/src.bin")));
 }
 
 #[test]
@@ -161,13 +108,13 @@ fn legacy_cp_without_mapping_fails_visibly() {
     let split = Split::new(root.path());
     let daemon = split.start_daemon(&["--legacy"]);
     write_file(&split.host.join("src.bin"), PIECE + 9, 13);
-    let m = NsMount::start_with(&split, &daemon.socket, &[]);
+    let m = mount_in_container_with(&split, &daemon.socket, &[]);
     let c_src = sh_quote(&split.container.join("src.bin"));
-    let out = nsenter(m.pid(), &format!("cp {c_src} {}", m.q("import/src.bin")));
+    let out = nsenter(m.pid(), &format!("cp {c_src} {}", mq(&m, "import/src.bin")));
     assert!(!out.status.success(), "cp succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("src.bin"), "{err}");
-    m.sh_ok(&format!("test ! -e {}", m.q("import/src.bin")));
+    m.sh_ok(&format!("test ! -e {}", mq(&m, "import/src.bin")));
     assert!(daemon.ids().is_empty(), "a task was created");
     assert_eq!(ls(&split.host.join("spool")), "", "spool file left behind");
 }
@@ -183,8 +130,8 @@ fn legacy_first_bytes_arrive_before_the_last_piece() {
         10 * PIECE,
         12,
     );
-    let m = NsMount::start(&split, &daemon.socket);
-    let task = m.q(&format!("tasks/{id}"));
+    let m = mount_in_container(&split, &daemon.socket);
+    let task = mq(&m, &format!("tasks/{id}"));
     let c_src = sh_quote(&split.container.join("src.bin"));
 
     let start = Instant::now();
