@@ -1,8 +1,8 @@
 //! A reference model of `import/`, checked against the real file system
 //! (`DfcacheFs` on the in-memory fake daemon) with proptest: random
 //! sequences of create, sequential and out-of-order writes, fsync, close
-//! of duplicated descriptors, unlink, rename, reads, listings, xattrs and
-//! commit failures; every result must be what a plain-Rust model says.
+//! of duplicated descriptors, unlink, rename, chmod and truncate, reads,
+//! listings, stats, xattrs and commit failures; every result must be what a plain-Rust model says.
 //! Streaming and spool modes both. A failure shrinks to a minimal sequence
 //! of operations, printed with the first result that differed.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use dfcache::domain::task_id::{TaskIdHasher, TaskIdInputs};
-use dfcache::fs::attr::Owner;
+use dfcache::fs::attr::{Owner, SetAttr};
 use dfcache::fs::daemon::fake::{Call, FakeDaemon, Fault};
 use dfcache::fs::daemon::{Code, ImportOptions};
 use dfcache::fs::inodes::IMPORT_INO;
@@ -63,6 +63,12 @@ enum Op {
     Listing,
     Xattr(u8),
     Stat(u8),
+    /// chmod and/or truncate (`setattr`).
+    Setattr {
+        file: u8,
+        mode: Option<u16>,
+        size: Option<u16>,
+    },
     /// The next import to reach the daemon's commit fails with this status.
     FailNextCommit(Code),
 }
@@ -90,6 +96,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Listing),
         1 => (0..FILES).prop_map(Op::Xattr),
         1 => (0..FILES).prop_map(Op::Stat),
+        1 => (0..FILES, prop::option::of(0u16..0o1000), prop::option::of(0u16..4000))
+            .prop_map(|(file, mode, size)| Op::Setattr { file, mode, size }),
         1 => code.prop_map(Op::FailNextCommit),
     ]
 }
@@ -102,7 +110,8 @@ enum Outcome {
     Written(u32),
     Bytes(Vec<u8>),
     Names(Vec<String>),
-    Size(u64),
+    /// Size and permission bits.
+    Attr(u64, u16),
     /// A close: the flush's result and the release's, when it was the last.
     Closed(Box<Outcome>, Option<Box<Outcome>>),
     Skipped,
@@ -133,6 +142,7 @@ enum State {
 struct Node {
     state: State,
     writers: usize,
+    perm: u16,
 }
 
 #[derive(Debug)]
@@ -210,8 +220,10 @@ impl Model {
                 let node = match self.names.get(&name).copied() {
                     Some(node) => {
                         if !matches!(self.nodes[node].state, State::Writing(_)) {
-                            // O_TRUNC over a finished import: a new import.
+                            // O_TRUNC over a finished import: a new import,
+                            // writable again.
                             self.start_import(node);
+                            self.nodes[node].perm |= 0o200;
                         }
                         node
                     }
@@ -219,6 +231,7 @@ impl Model {
                         self.nodes.push(Node {
                             state: State::Cancelled,
                             writers: 0,
+                            perm: 0o644,
                         });
                         let node = self.nodes.len() - 1;
                         self.start_import(node);
@@ -335,15 +348,40 @@ impl Model {
                 let Some(&node) = self.names.get(&fname(f)) else {
                     return Outcome::Err(ENOENT);
                 };
-                Outcome::Size(match &self.nodes[node].state {
-                    State::Writing(d) | State::Finished(d) => d.len() as u64,
-                    State::Failed(_) | State::Cancelled => 0,
-                })
+                self.attr(node)
+            }
+            Op::Setattr { file, mode, size } => {
+                let Some(&node) = self.names.get(&fname(file)) else {
+                    return Outcome::Err(ENOENT);
+                };
+                if let Some(size) = size {
+                    let spool = self.spool;
+                    match &mut self.nodes[node].state {
+                        State::Writing(data) if spool => data.resize(usize::from(size), 0),
+                        State::Writing(data) | State::Finished(data)
+                            if data.len() == usize::from(size) => {}
+                        _ => return Outcome::Err(EINVAL),
+                    }
+                }
+                if let Some(mode) = mode {
+                    self.nodes[node].perm = mode;
+                }
+                self.attr(node)
             }
             Op::FailNextCommit(code) => {
                 self.pending_faults.push_back(errno_of(code));
                 Outcome::Ok
             }
+        }
+    }
+
+    /// What stat shows: the bytes so far, and a finished import read-only.
+    fn attr(&self, node: usize) -> Outcome {
+        let n = &self.nodes[node];
+        match &n.state {
+            State::Writing(d) => Outcome::Attr(d.len() as u64, n.perm),
+            State::Finished(d) => Outcome::Attr(d.len() as u64, n.perm & 0o555),
+            State::Failed(_) | State::Cancelled => Outcome::Attr(0, n.perm),
         }
     }
 
@@ -505,8 +543,22 @@ impl Real {
             }
             Op::Stat(f) => of(
                 fs.lookup(IMPORT_INO, &OsString::from(fname(f))).await,
-                |attr| Outcome::Size(attr.size),
+                |attr| Outcome::Attr(attr.size, attr.perm),
             ),
+            Op::Setattr { file, mode, size } => {
+                let attr = match fs.lookup(IMPORT_INO, &OsString::from(fname(file))).await {
+                    Ok(attr) => attr,
+                    Err(e) => return Outcome::Err(e.code()),
+                };
+                let change = SetAttr {
+                    mode: mode.map(u32::from),
+                    size: size.map(u64::from),
+                    ..SetAttr::default()
+                };
+                of(fs.setattr(attr.ino, change).await, |attr| {
+                    Outcome::Attr(attr.size, attr.perm)
+                })
+            }
             Op::FailNextCommit(code) => {
                 let call = if self.spool {
                     Call::Import
