@@ -30,7 +30,6 @@ pub struct TaskReader {
     /// Offset of the next byte of an un-offset stream (whole task from 0).
     raw_offset: u64,
     content_length: Option<u64>,
-    piece_length: Option<u64>,
     /// A message received while looking for the started one.
     pending: Option<Option<Msg>>,
     socket: std::path::PathBuf,
@@ -68,7 +67,6 @@ impl Client {
             next_offset: range.offset,
             raw_offset: 0,
             content_length: None,
-            piece_length: None,
             pending: None,
             socket: self.socket.clone(),
             finished: false,
@@ -83,10 +81,6 @@ impl TaskReader {
     /// Task size, when the server said it (servers that honour ranges do).
     pub fn content_length(&self) -> Option<u64> {
         self.content_length
-    }
-
-    pub fn piece_length(&self) -> Option<u64> {
-        self.piece_length
     }
 
     /// Offset one past the last byte this read will deliver, when known.
@@ -109,7 +103,6 @@ impl TaskReader {
         match first {
             Some(Msg::ReadPersistentCacheTaskStartedResponse(started)) => {
                 self.content_length = Some(started.content_length);
-                self.piece_length = Some(started.piece_length);
                 Ok(())
             }
             other => {

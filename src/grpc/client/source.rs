@@ -37,7 +37,7 @@ const BLOCK: usize = 16 << 20;
 /// Chunks queued between the reader thread and the socket: a whole block
 /// and a few, so the next block is read while the previous one is sent
 /// (with 4, the disk and the socket took turns).
-pub(super) const QUEUE_DEPTH: usize = BLOCK / CHUNK_SIZE + 4;
+pub(super) const CHUNKS_IN_FLIGHT: usize = BLOCK / CHUNK_SIZE + 4;
 /// Spare blocks kept for reuse: about as many as are in flight at once
 /// (the one being read, the queued chunks', the one being sent).
 const SPARE_BLOCKS: usize = 4;

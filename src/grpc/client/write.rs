@@ -149,7 +149,7 @@ impl Client {
             if let Some(len) = len {
                 progress.set_total(len);
             }
-            let (tx, rx) = mpsc::channel(source::QUEUE_DEPTH);
+            let (tx, rx) = mpsc::channel(source::CHUNKS_IN_FLIGHT);
             std::thread::Builder::new()
                 .name("dfcache-read".into())
                 .spawn(move || source.send_chunks(tx))

@@ -21,7 +21,8 @@ use crate::store::{read_at, Store, TaskMeta};
 
 use super::{status_of, ResponseStream};
 
-const QUEUE_DEPTH: usize = 2;
+/// Pieces read ahead of the client: one being sent, one being read.
+const PIECES_AHEAD: usize = 2;
 /// Pieces are read in slices of this size when verifying a digest.
 const VERIFY_READ: usize = 4 << 20;
 
@@ -88,7 +89,7 @@ pub async fn handle(
             ))
         }
     };
-    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let (tx, rx) = mpsc::channel(PIECES_AHEAD);
     let span = info_span!("download", task_id = %meta.id, output = ?req.output_path);
     let need_content = req.need_piece_content;
     tokio::spawn(

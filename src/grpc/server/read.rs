@@ -15,7 +15,7 @@ use super::{status_of, ResponseStream};
 
 /// Chunks read ahead of the client: a whole block and a few, so the next
 /// block is read from the disk while the previous one is sent.
-const QUEUE_DEPTH: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE + 4;
+const CHUNKS_AHEAD: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE + 4;
 
 /// `extensions: false` behaves as a 2.1.12 daemon: the range is ignored,
 /// there is no started message and chunks carry no offset.
@@ -41,7 +41,7 @@ pub fn handle(
         None => meta.content_length,
     };
     let mut reader = store.range_reader(&meta.id, file, offset, end);
-    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
     let span = info_span!("read", task_id = %meta.id, offset, end);
     tokio::spawn(
         async move {
