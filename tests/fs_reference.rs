@@ -124,6 +124,12 @@ fn of<T>(r: Result<T, dfcache::fs::FsError>, ok: impl FnOnce(T) -> Outcome) -> O
     }
 }
 
+/// The handle behind descriptor number `desc` (taken modulo how many are
+/// open), if any is open.
+fn pick(descs: &[usize], desc: u8) -> Option<usize> {
+    descs.get(usize::from(desc) % descs.len().max(1)).copied()
+}
+
 fn fname(i: u8) -> String {
     format!("f{i}")
 }
@@ -245,7 +251,7 @@ impl Model {
                 Outcome::Ok
             }
             Op::Write { desc, at, len } => {
-                let Some(&h) = self.descs.get(usize::from(desc) % self.descs.len().max(1)) else {
+                let Some(h) = pick(&self.descs, desc) else {
                     return Outcome::Skipped;
                 };
                 let node = self.handles[h].0;
@@ -272,13 +278,13 @@ impl Model {
                 }
             }
             Op::Fsync(desc) => {
-                let Some(&h) = self.descs.get(usize::from(desc) % self.descs.len().max(1)) else {
+                let Some(h) = pick(&self.descs, desc) else {
                     return Outcome::Skipped;
                 };
                 self.flush(self.handles[h].0)
             }
             Op::Dup(desc) => {
-                let Some(&h) = self.descs.get(usize::from(desc) % self.descs.len().max(1)) else {
+                let Some(h) = pick(&self.descs, desc) else {
                     return Outcome::Skipped;
                 };
                 self.handles[h].1 += 1;
@@ -441,7 +447,7 @@ impl Real {
                 })
             }
             Op::Write { desc, at, len } => {
-                let Some(&h) = self.descs.get(usize::from(desc) % self.descs.len().max(1)) else {
+                let Some(h) = pick(&self.descs, desc) else {
                     return Outcome::Skipped;
                 };
                 let fh = self.handles[h].0;
@@ -456,13 +462,13 @@ impl Real {
                 of(written, Outcome::Written)
             }
             Op::Fsync(desc) => {
-                let Some(&h) = self.descs.get(usize::from(desc) % self.descs.len().max(1)) else {
+                let Some(h) = pick(&self.descs, desc) else {
                     return Outcome::Skipped;
                 };
                 of(fs.fsync(self.handles[h].0).await, |()| Outcome::Ok)
             }
             Op::Dup(desc) => {
-                let Some(&h) = self.descs.get(usize::from(desc) % self.descs.len().max(1)) else {
+                let Some(h) = pick(&self.descs, desc) else {
                     return Outcome::Skipped;
                 };
                 self.handles[h].1 += 1;

@@ -14,20 +14,7 @@ fn daemon_killed_during_cp_fails_cp_and_leaves_no_task() {
     let root = tempdir();
     let mut daemon = Daemon::start(root.path());
     let m = Mounted::on(&daemon, root.path(), &[]);
-    let fifo = root.path().join("fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let cp = Command::new("cp")
-        .arg(&fifo)
-        .arg(m.import("big"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    writer.write_all(&vec![3u8; 16 << 20]).unwrap();
+    let (cp, mut writer) = cp_in_progress(root.path(), &m);
     eventually("the daemon to receive data", 10, || {
         !daemon.leftovers().is_empty()
     });

@@ -164,22 +164,6 @@ fn fsync_of_an_import_commits_it_so_a_mount_killed_right_after_loses_nothing() {
     }
 }
 
-/// `cp` from a fifo into `import/big`: 16 MiB written, the rest pending.
-fn cp_in_progress(root: &std::path::Path, m: &Mounted) -> (Child, std::fs::File) {
-    let fifo = root.join("fifo");
-    let _ = std::fs::remove_file(&fifo);
-    sh_ok(&format!("mkfifo {}", q(&fifo)));
-    let cp = Command::new("cp")
-        .arg(&fifo)
-        .arg(m.import("big"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    writer.write_all(&vec![5u8; 16 << 20]).unwrap();
-    (cp, writer)
-}
-
 #[test]
 fn a_mount_killed_mid_cp_fails_cp_keeps_no_task_and_a_new_mount_works_at_once() {
     for mode in ["streaming", "spool", "embedded"] {

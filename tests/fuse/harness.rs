@@ -223,3 +223,26 @@ pub fn task_id_xattr(path: &Path) -> String {
 pub fn q(p: &Path) -> String {
     crate::common::ns::sh_quote(p)
 }
+
+/// `cp` from a fifo (in `root`) into `import/big`, with 16 MiB written and
+/// the rest pending: a copy in progress. Returns cp and the fifo's writer.
+pub fn cp_in_progress(root: &Path, m: &Mounted) -> (Child, std::fs::File) {
+    use std::io::Write;
+    let fifo = root.join("fifo");
+    let _ = std::fs::remove_file(&fifo);
+    sh_ok(&format!("mkfifo {}", q(&fifo)));
+    let cp = Command::new("cp")
+        .arg(&fifo)
+        .arg(m.import("big"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cp");
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open the fifo");
+    writer
+        .write_all(&vec![5u8; 16 << 20])
+        .expect("write the fifo");
+    (cp, writer)
+}

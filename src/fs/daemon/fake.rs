@@ -221,6 +221,22 @@ fn status(code: Code, what: &str) -> ClientError {
     )
 }
 
+/// What a fault does to a stream before its item number `sent`: a
+/// disconnect at its count, a trickle's wait before every item.
+async fn mid_stream(fault: &Option<Fault>, sent: usize) -> ClientResult<()> {
+    match fault {
+        Some(Fault::DisconnectAfter(n)) if sent == *n => Err(ClientError::ConnectionLost {
+            socket: fake_socket(),
+            message: "injected: disconnect".into(),
+        }),
+        Some(Fault::Trickle(every)) => {
+            tokio::time::sleep(*every).await;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn info(id: &str, task: &Stored) -> TaskInfo {
     TaskInfo {
         id: id.to_string(),
@@ -298,16 +314,7 @@ impl DaemonClient for FakeDaemon {
         let mut taken = 0;
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk.map_err(|e| ClientError::io("read import source", e))?;
-            match &fault {
-                Some(Fault::DisconnectAfter(n)) if taken == *n => {
-                    return Err(ClientError::ConnectionLost {
-                        socket: fake_socket(),
-                        message: "injected: disconnect".into(),
-                    })
-                }
-                Some(Fault::Trickle(every)) => tokio::time::sleep(*every).await,
-                _ => {}
-            }
+            mid_stream(&fault, taken).await?;
             content.extend_from_slice(&chunk);
             taken += 1;
         }
@@ -387,16 +394,7 @@ struct FakeChunks {
 #[tonic::async_trait]
 impl ChunkStream for FakeChunks {
     async fn next_chunk(&mut self) -> ClientResult<Option<Bytes>> {
-        match &self.fault {
-            Some(Fault::DisconnectAfter(n)) if self.sent == *n => {
-                return Err(ClientError::ConnectionLost {
-                    socket: fake_socket(),
-                    message: "injected: disconnect".into(),
-                })
-            }
-            Some(Fault::Trickle(every)) => tokio::time::sleep(*every).await,
-            _ => {}
-        }
+        mid_stream(&self.fault, self.sent).await?;
         match self.chunks.pop_front() {
             Some(chunk) => {
                 self.sent += 1;
@@ -420,16 +418,7 @@ struct FakePieces {
 #[tonic::async_trait]
 impl PieceSource for FakePieces {
     async fn next_piece(&mut self) -> ClientResult<Option<DownloadedPiece>> {
-        match &self.fault {
-            Some(Fault::DisconnectAfter(n)) if self.sent == *n => {
-                return Err(ClientError::ConnectionLost {
-                    socket: fake_socket(),
-                    message: "injected: disconnect".into(),
-                })
-            }
-            Some(Fault::Trickle(every)) => tokio::time::sleep(*every).await,
-            _ => {}
-        }
+        mid_stream(&self.fault, self.sent).await?;
         self.sent += 1;
         Ok(self.pieces.pop_front())
     }

@@ -19,12 +19,8 @@ async fn each_read_fault_gives_its_errno_and_the_next_read_works() {
         let fake = FakeDaemon::new(DEADLINE);
         let data = bytes(6 * MIB, 12);
         let id = fake.add_task(&data);
-        // No read-ahead: the injected fault meets the read itself.
-        let mut config = config();
-        config.read_ahead = 0;
-        let fs = DfcacheFs::new(fake.clone(), config);
-        let ino = fs.lookup(TASKS_INO, &name(&id)).await.unwrap().ino;
-        let fh = fs.open(ino, false, false).await.unwrap().fh;
+        let fs = mounted_without_readahead(&fake);
+        let fh = open_task(&fs, &id).await;
         fake.inject(Call::Read, fault.clone());
         let read = fs.read(fh, 0, 4096).await.map(|b| b.len());
         assert_eq!(read, Err(errno), "{fault:?}");
@@ -40,8 +36,7 @@ async fn a_slow_trickle_is_not_a_failure() {
     let data = bytes(3 * MIB, 13);
     let id = fake.add_task(&data);
     let fs = mounted(&fake);
-    let ino = fs.lookup(TASKS_INO, &name(&id)).await.unwrap().ino;
-    let fh = fs.open(ino, false, false).await.unwrap().fh;
+    let fh = open_task(&fs, &id).await;
     fake.inject(Call::Read, Fault::Trickle(DEADLINE / 2));
     let got = fs.read(fh, 0, 1 << 20).await.unwrap();
     assert_eq!(&got[..], &data[..1 << 20]);
@@ -144,11 +139,8 @@ async fn a_task_deleted_while_open_is_estale_and_forgotten() {
     let fake = FakeDaemon::new(DEADLINE);
     let data = bytes(9 * MIB, 14);
     let id = fake.add_task(&data);
-    let mut config = config();
-    config.read_ahead = 0;
-    let fs = DfcacheFs::new(fake.clone(), config);
-    let ino = fs.lookup(TASKS_INO, &name(&id)).await.unwrap().ino;
-    let fh = fs.open(ino, false, false).await.unwrap().fh;
+    let fs = mounted_without_readahead(&fake);
+    let fh = open_task(&fs, &id).await;
     fs.read(fh, 0, 4096).await.unwrap();
     fake.remove(&id);
     assert_eq!(fs.read(fh, 8 * MIB, 4096).await, Err(Errno::ESTALE));
@@ -167,8 +159,7 @@ async fn whole_task_download_faults_give_their_errno() {
         let data = bytes(9 * MIB, 15);
         let id = fake.add_task(&data);
         let fs = mounted(&fake);
-        let ino = fs.lookup(TASKS_INO, &name(&id)).await.unwrap().ino;
-        let fh = fs.open(ino, false, false).await.unwrap().fh;
+        let fh = open_task(&fs, &id).await;
         fake.inject(Call::Download, fault.clone());
         // The last piece is where a short one shows.
         assert_eq!(fs.read(fh, 8 * MIB, 4096).await, Err(errno), "{fault:?}");

@@ -42,6 +42,23 @@ fn mounted(fake: &Arc<FakeDaemon>) -> DfcacheFs {
     DfcacheFs::new(fake.clone(), config())
 }
 
+/// A mount without read-ahead: a read meets the daemon itself (an
+/// injected fault is not taken by a fetch ahead of it).
+fn mounted_without_readahead(fake: &Arc<FakeDaemon>) -> DfcacheFs {
+    let mut config = config();
+    config.read_ahead = 0;
+    DfcacheFs::new(fake.clone(), config)
+}
+
+/// Opens `tasks/<id>`; the handle.
+async fn open_task(fs: &DfcacheFs, id: &str) -> u64 {
+    let attr = fs
+        .lookup(crate::fs::inodes::TASKS_INO, &name(id))
+        .await
+        .unwrap();
+    fs.open(attr.ino, false, false).await.unwrap().fh
+}
+
 fn name(s: &str) -> OsString {
     OsString::from(s)
 }

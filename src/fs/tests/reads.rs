@@ -3,13 +3,7 @@
 use super::*;
 use crate::fs::daemon::fake::{Call, Fault};
 use crate::fs::error::Errno;
-use crate::fs::inodes::{IMPORT_INO, TASKS_INO};
-
-/// Opens `tasks/<id>`; the handle.
-async fn open_task(fs: &DfcacheFs, id: &str) -> u64 {
-    let attr = fs.lookup(TASKS_INO, &name(id)).await.unwrap();
-    fs.open(attr.ino, false, false).await.unwrap().fh
-}
+use crate::fs::inodes::IMPORT_INO;
 
 /// Reads `[offset, offset + len)` in 128 KiB requests, as the kernel does.
 async fn read_range(fs: &DfcacheFs, fh: u64, offset: u64, len: u64) -> Vec<u8> {
