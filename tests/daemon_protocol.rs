@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tonic::Code;
 
 use dfcache::grpc::client::{ImportOptions, NoProgress, ReadRange};
@@ -16,7 +15,7 @@ use dfcache::grpc::server::{Emulation, ServeOptions};
 mod common;
 
 use common::id_of;
-use common::inproc::{write_bytes, Running};
+use common::inproc::{chunk, finished, write_bytes, Running};
 
 const MIB: usize = 1 << 20;
 
@@ -30,16 +29,6 @@ fn started(len: u64) -> WriteMsg {
         piece_length: None,
         content_for_calculating_task_id: None,
     })
-}
-
-fn chunk(data: &[u8]) -> WriteMsg {
-    WriteMsg::WriteChunkRequest(WriteChunkRequest {
-        content: Bytes::copy_from_slice(data),
-    })
-}
-
-fn finished() -> WriteMsg {
-    WriteMsg::WritePersistentCacheTaskFinishedRequest(WritePersistentCacheTaskFinishedRequest {})
 }
 
 async fn write_raw(

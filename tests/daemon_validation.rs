@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use tokio_stream::StreamExt;
@@ -18,7 +17,7 @@ use dfcache::grpc::server::ServeOptions;
 
 mod common;
 
-use common::inproc::{write_bytes, Running};
+use common::inproc::{chunk, finished, write_bytes, Running};
 
 fn started(len: u64) -> WritePersistentCacheTaskStartedRequest {
     WritePersistentCacheTaskStartedRequest {
@@ -26,16 +25,6 @@ fn started(len: u64) -> WritePersistentCacheTaskStartedRequest {
         persistent_replica_count: 1,
         ..Default::default()
     }
-}
-
-fn chunk(data: &[u8]) -> WriteMsg {
-    WriteMsg::WriteChunkRequest(WriteChunkRequest {
-        content: Bytes::copy_from_slice(data),
-    })
-}
-
-fn finished() -> WriteMsg {
-    WriteMsg::WritePersistentCacheTaskFinishedRequest(WritePersistentCacheTaskFinishedRequest {})
 }
 
 async fn write_raw(

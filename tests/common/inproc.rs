@@ -88,3 +88,21 @@ pub async fn write_bytes(client: &Client, data: &[u8]) -> String {
         .expect("write task")
         .task_id
 }
+
+/// A raw write message carrying `data`.
+pub fn chunk(
+    data: &[u8],
+) -> dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response {
+    use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response;
+    Response::WriteChunkRequest(dfcache::grpc::pb::dfdaemon::WriteChunkRequest {
+        content: bytes::Bytes::copy_from_slice(data),
+    })
+}
+
+/// The raw write message that ends a stream.
+pub fn finished() -> dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response {
+    use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response;
+    Response::WritePersistentCacheTaskFinishedRequest(
+        dfcache::grpc::pb::dfdaemon::WritePersistentCacheTaskFinishedRequest {},
+    )
+}
