@@ -8,16 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::StreamExt;
-
-use dfcache::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as ReadMsg;
-use dfcache::grpc::pb::dfdaemon::ReadPersistentCacheTaskRequest;
 use dfcache::grpc::server::ServeOptions;
 
 mod common;
 
 use common::id_of;
-use common::inproc::{write_bytes, Running};
+use common::inproc::{drain, write_bytes, Running};
 
 const IMPORTS: usize = 64;
 /// Fewer distinct contents than imports: the rest are duplicates.
@@ -32,22 +28,7 @@ fn content(seed: usize) -> Vec<u8> {
 }
 
 async fn read_all(d: &Running, id: &str) -> Vec<u8> {
-    let mut stream = d
-        .raw()
-        .read_persistent_cache_task(ReadPersistentCacheTaskRequest {
-            task_id: id.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(item) = stream.next().await {
-        if let Some(ReadMsg::ReadChunkResponse(c)) = item.unwrap().response {
-            got.extend_from_slice(&c.content);
-        }
-    }
-    got
+    drain(d.read_stream(id).await, Vec::new()).await
 }
 
 /// Temporary content files in `tmp/`: one per import being stored.

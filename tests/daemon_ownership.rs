@@ -12,6 +12,18 @@ use common::*;
 
 /// Runs `dfcache serve` expecting it to exit by itself within 10 s (it is
 /// killed and the test fails if it keeps running, i.e. was not refused).
+/// Whether `child` exits within `limit` (polled).
+fn exits_within(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 fn serve_expecting_exit(socket: &Path, dir: &Path) -> Output {
     let mut child = Command::new(bin())
         .args(["serve", "--socket"])
@@ -23,12 +35,8 @@ fn serve_expecting_exit(socket: &Path, dir: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if exits_within(&mut child, Duration::from_secs(10)) {
+        return child.wait_with_output().unwrap();
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -182,14 +190,7 @@ fn a_mount_with_an_embedded_daemon_on_a_store_in_use_is_refused_naming_the_holde
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if child.try_wait().ok().flatten().is_none() {
+    if !exits_within(&mut child, Duration::from_secs(10)) {
         // It mounted: unmount before failing, so no mount outlives the test.
         let _ = Command::new("umount").arg(&mountpoint).status();
         let _ = child.kill();

@@ -15,7 +15,7 @@ use dfcache::grpc::server::ServeOptions;
 
 mod common;
 
-use common::inproc::Running;
+use common::inproc::{drain, ReadStream, Running};
 
 /// Larger than everything that can be in flight (the server's queue, the
 /// HTTP/2 windows), so the server's read task is still running while the
@@ -60,19 +60,9 @@ async fn write_with_ttl(d: &Running, data: &[u8], ttl_secs: i64) -> String {
         .task_id
 }
 
-type ReadStream = tonic::Streaming<ReadPersistentCacheTaskResponse>;
-
 /// Opens a read of the whole task and takes its first chunk.
 async fn start_read(d: &Running, id: &str) -> (ReadStream, Vec<u8>) {
-    let mut stream = d
-        .raw()
-        .read_persistent_cache_task(ReadPersistentCacheTaskRequest {
-            task_id: id.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = d.read_stream(id).await;
     let mut got = Vec::new();
     while got.is_empty() {
         match stream.next().await.unwrap().unwrap().response {
@@ -81,15 +71,6 @@ async fn start_read(d: &Running, id: &str) -> (ReadStream, Vec<u8>) {
         }
     }
     (stream, got)
-}
-
-async fn drain(mut stream: ReadStream, mut got: Vec<u8>) -> Vec<u8> {
-    while let Some(item) = stream.next().await {
-        if let Some(ReadMsg::ReadChunkResponse(c)) = item.unwrap().response {
-            got.extend_from_slice(&c.content);
-        }
-    }
-    got
 }
 
 /// Polls `cond` every 20 ms for up to 10 s.

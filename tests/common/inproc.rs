@@ -106,3 +106,35 @@ pub fn finished() -> dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_re
         dfcache::grpc::pb::dfdaemon::WritePersistentCacheTaskFinishedRequest {},
     )
 }
+
+/// A raw `ReadPersistentCacheTask` stream of a whole task.
+pub type ReadStream =
+    tonic::Streaming<dfcache::grpc::pb::dfdaemon::ReadPersistentCacheTaskResponse>;
+
+impl Running {
+    /// Opens a raw read of the whole task `id`.
+    pub async fn read_stream(&self, id: &str) -> ReadStream {
+        self.raw()
+            .read_persistent_cache_task(
+                dfcache::grpc::pb::dfdaemon::ReadPersistentCacheTaskRequest {
+                    task_id: id.to_string(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("open a read")
+            .into_inner()
+    }
+}
+
+/// Reads `stream` to its end, appending its chunks to `got`.
+pub async fn drain(mut stream: ReadStream, mut got: Vec<u8>) -> Vec<u8> {
+    use dfcache::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response;
+    use tokio_stream::StreamExt;
+    while let Some(item) = stream.next().await {
+        if let Some(Response::ReadChunkResponse(c)) = item.expect("read a chunk").response {
+            got.extend_from_slice(&c.content);
+        }
+    }
+    got
+}

@@ -2,8 +2,7 @@
 //! a mount killed mid-import, a daemon with fewer RPCs or that comes up
 //! after the mount, and a task deleted while a program has it open.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::common;
@@ -103,7 +102,7 @@ fn a_frozen_daemon_fails_every_operation_within_the_fetch_timeout_and_the_mount_
 
 /// Writes `src` into `dst` from python, fsyncs, checks that a write after
 /// the fsync fails with EIO, then waits on stdin with the file open.
-fn write_fsync_and_hold(src: &std::path::Path, dst: &std::path::Path) -> Child {
+fn write_fsync_and_hold(src: &std::path::Path, dst: &std::path::Path) -> Python {
     let code = r#"
 import errno, os, sys
 data = open(sys.argv[1], 'rb').read()
@@ -117,15 +116,7 @@ except OSError as e:
     print('synced' if e.errno == errno.EIO else 'late write: %s' % e, flush=True)
 sys.stdin.read()
 "#;
-    Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .arg(src)
-        .arg(dst)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python3")
+    Python::start(code, &[src, dst])
 }
 
 #[test]
@@ -145,16 +136,10 @@ fn fsync_of_an_import_commits_it_so_a_mount_killed_right_after_loses_nothing() {
         write_file(&src, 8 * MIB, 43 + spool as u64);
 
         let mut writer = write_fsync_and_hold(&src, &m.import("f"));
-        let mut line = String::new();
-        BufReader::new(writer.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "synced", "spool: {spool}");
+        assert_eq!(writer.line(), "synced", "spool: {spool}");
         // fsync returned 0: the task is there even if the mount dies now.
         m.crash();
-        let _ = writer.stdin.take().unwrap().write_all(b"");
-        let _ = writer.kill();
-        let _ = writer.wait();
+        drop(writer);
 
         let id = expected_id(&src);
         assert!(daemon.ids().contains(&id), "spool: {spool}: no task");
@@ -303,25 +288,13 @@ try:
 except OSError as e:
     print('estale' if e.errno == errno.ESTALE else e, first == again, flush=True)
 "#;
-    let mut reader = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .arg(m.task(&id))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(reader.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "open");
+    let mut reader = Python::start(code, &[&m.task(&id)]);
+    assert_eq!(reader.line(), "open");
 
     daemon.ok(&["rm", &id]);
-    reader.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "estale True", "cached bytes then ESTALE");
-    let _ = reader.wait();
+    reader.send("go");
+    assert_eq!(reader.line(), "estale True", "cached bytes then ESTALE");
+    drop(reader);
 
     let listing = sh_ok(&format!("ls {}", q(&m.path("tasks"))));
     assert!(!listing.contains(&id), "{listing}");

@@ -246,3 +246,58 @@ pub fn cp_in_progress(root: &Path, m: &Mounted) -> (Child, std::fs::File) {
         .expect("write the fifo");
     (cp, writer)
 }
+
+/// python3 running `code` with `args`, driven a line at a time: the test
+/// waits for what it prints, then tells it to go on. Killed when dropped.
+pub struct Python {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Python {
+    pub fn start(code: &str, args: &[&Path]) -> Python {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let out = std::io::BufReader::new(child.stdout.take().expect("python's stdout"));
+        Python { child, out }
+    }
+
+    /// The next line it prints, trimmed.
+    pub fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read python's output");
+        line.trim().to_string()
+    }
+
+    /// Sends `line` to its stdin.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("python's stdin");
+        writeln!(stdin, "{line}").expect("write to python");
+    }
+
+    /// Everything else it prints, and whether it exited successfully.
+    pub fn finish(mut self) -> (Vec<String>, bool) {
+        use std::io::BufRead;
+        let rest = (&mut self.out)
+            .lines()
+            .map(|l| l.expect("read python's output"));
+        let rest = rest.collect();
+        let ok = self.child.wait().is_ok_and(|s| s.success());
+        (rest, ok)
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,8 +2,6 @@
 //! opendir, while tasks come and go.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use tokio::task::JoinSet;
@@ -92,18 +90,8 @@ while True:
 print(len(names), len(set(names)), flush=True)
 print('\n'.join(names), flush=True)
 "#;
-    let mut reader = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .arg(m.path("tasks"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(reader.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "started");
+    let mut reader = Python::start(code, &[&m.path("tasks")]);
+    assert_eq!(reader.line(), "started");
 
     for id in &ids[..50] {
         daemon.ok(&["rm", id]);
@@ -113,12 +101,15 @@ print('\n'.join(names), flush=True)
         &daemon.socket,
         (0..50).map(|i| format!("added {i}").into_bytes()).collect(),
     );
-    reader.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("{n} {n}"), "entries, distinct entries");
-    let listed: HashSet<String> = out.lines().map(|l| l.unwrap()).collect();
-    assert!(reader.wait().unwrap().success());
+    reader.send("go");
+    assert_eq!(
+        reader.line(),
+        format!("{n} {n}"),
+        "entries, distinct entries"
+    );
+    let (rest, exited_ok) = reader.finish();
+    assert!(exited_ok);
+    let listed: HashSet<String> = rest.into_iter().collect();
     let expected: HashSet<String> = ids.iter().cloned().collect();
     assert!(
         listed == expected,
