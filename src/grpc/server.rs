@@ -2,6 +2,7 @@
 //! socket. It shares nothing with the client but the generated types.
 
 mod download;
+mod link;
 mod listener;
 mod read;
 mod write;

@@ -141,6 +141,12 @@ impl Store {
         }
     }
 
+    /// Where a task's content file is: for a hard link to it (hold a lease
+    /// from `open_content` meanwhile, or GC may remove it first).
+    pub fn content_path(&self, id: &str) -> PathBuf {
+        self.data_path(id)
+    }
+
     /// A reader of `offset..end` of a task opened with `open_content`.
     pub fn range_reader(&self, id: &str, file: Arc<File>, offset: u64, end: u64) -> RangeReader {
         let blocks = self.inner.read_blocks.clone();

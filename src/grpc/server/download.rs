@@ -78,9 +78,11 @@ pub async fn handle(
         .transpose()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let output = match req.output_path.as_deref().filter(|p| !p.is_empty()) {
-        Some(path) => Some(Output::create(
+        Some(path) => Some(Destination::of(
+            store,
+            &meta.id,
             &super::client_path(path, "output")?,
-            req.overwrite,
+            &req,
         )?),
         None if req.need_piece_content => None,
         None => {
@@ -107,7 +109,8 @@ pub async fn handle(
             )
             .await;
             match (result, output) {
-                (Ok(()), Some(output)) => {
+                (Ok(()), Some(Destination::Linked)) => info!("exported by hard link"),
+                (Ok(()), Some(Destination::Copy(output))) => {
                     match tokio::task::spawn_blocking(move || output.commit())
                         .await
                         .unwrap_or_else(|e| Err(Status::internal(format!("commit export: {e}"))))
@@ -136,10 +139,17 @@ async fn run(
     meta: &TaskMeta,
     file: Arc<File>,
     digest: Option<Digest>,
-    output: Option<&Output>,
+    output: Option<&Destination>,
     need_content: bool,
     order: PieceOrder,
 ) -> Result<(), Status> {
+    let copy_to = match output {
+        Some(Destination::Copy(output)) => Some(output),
+        _ => None,
+    };
+    // A linked export needs no byte read: pieces are reported as they are
+    // (dfdaemon reports them from its metadata, without their digests).
+    let read_pieces = need_content || copy_to.is_some();
     if let Some(expected) = digest {
         verify(&file, meta.content_length, &expected).await?;
     }
@@ -167,13 +177,18 @@ async fn run(
         }
         let offset = u64::from(number) * meta.piece_length;
         let length = meta.piece_length.min(meta.content_length - offset);
-        let content = read_at(file.clone(), offset, length as usize)
-            .await
-            .map_err(|e| Status::internal(format!("read piece {number}: {e}")))?;
-        if content.len() as u64 != length {
-            return Err(Status::data_loss(format!("piece {number} is short")));
-        }
-        if let Some(output) = output {
+        let content = if read_pieces {
+            let content = read_at(file.clone(), offset, length as usize)
+                .await
+                .map_err(|e| Status::internal(format!("read piece {number}: {e}")))?;
+            if content.len() as u64 != length {
+                return Err(Status::data_loss(format!("piece {number} is short")));
+            }
+            Some(content)
+        } else {
+            None
+        };
+        if let (Some(output), Some(content)) = (copy_to, &content) {
             output.write_at(content.clone(), offset).await?;
         }
         let piece = Piece {
@@ -181,8 +196,11 @@ async fn run(
             parent_id: None,
             offset,
             length,
-            digest: piece_digest(&content),
-            content: need_content.then_some(content),
+            digest: content
+                .as_ref()
+                .map(|c| piece_digest(c))
+                .unwrap_or_default(),
+            content: content.filter(|_| need_content),
             traffic_type: Some(TrafficType::LocalPeer as i32),
             cost: None,
             created_at: Some(std::time::SystemTime::now().into()),
@@ -214,8 +232,42 @@ async fn verify(file: &Arc<File>, len: u64, expected: &Digest) -> Result<(), Sta
         .map_err(|e| Status::data_loss(e.to_string()))
 }
 
-/// The file the daemon exports into: written under a temporary name beside
-/// the target and renamed over it only when complete.
+/// Where an export goes: a hard link to the task's content file, made
+/// before the first piece is reported (as dfdaemon links at the start of a
+/// download, so a reader of the output may read each reported piece), or
+/// a copy when the two are on different file systems and no link is
+/// insisted on (`force_hard_link`).
+enum Destination {
+    Linked,
+    Copy(Output),
+}
+
+impl Destination {
+    fn of(
+        store: &Store,
+        id: &str,
+        target: &Path,
+        req: &DownloadPersistentCacheTaskRequest,
+    ) -> Result<Self, Status> {
+        match super::link::link_content(&store.content_path(id), target, req.overwrite) {
+            Ok(()) => Ok(Destination::Linked),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Status::already_exists(
+                format!("{} already exists", target.display()),
+            )),
+            Err(e) if req.force_hard_link => Err(Status::failed_precondition(format!(
+                "cannot hard-link the task to {} (force_hard_link): {e}",
+                target.display()
+            ))),
+            Err(e) => {
+                info!(error = %e, target = %target.display(), "cannot hard-link; copying");
+                Ok(Destination::Copy(Output::create(target, req.overwrite)?))
+            }
+        }
+    }
+}
+
+/// The file the daemon copies an export into: written under a temporary
+/// name beside the target and renamed over it only when complete.
 struct Output {
     file: Arc<File>,
     temp: PathBuf,
