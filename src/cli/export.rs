@@ -170,7 +170,7 @@ async fn piece_export(
 ) -> anyhow::Result<()> {
     let digest = args.digest.as_ref().map(Digest::to_string);
     let mut pieces = client
-        .download_task(&args.id, None, args.overwrite, digest.as_deref())
+        .download_task(&args.id, None, false, args.overwrite, digest.as_deref())
         .await?;
     let temp = TempOutput::create(output)?;
     let mut seen = std::collections::BTreeMap::new();
@@ -250,6 +250,7 @@ async fn daemon_writes_export(
         .download_task(
             &args.id,
             Some(&daemon_output),
+            false,
             args.overwrite,
             digest.as_deref(),
         )

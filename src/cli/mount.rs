@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use dfcache::fs::attr::Owner;
+use dfcache::fs::passthrough::PassthroughMode;
 use dfcache::fs::{DfcacheFs, FsConfig, MountSettings};
 use dfcache::grpc::client::{Client, Deadlines};
 use dfcache::grpc::server::{serve, ServeOptions};
@@ -60,6 +61,17 @@ pub struct MountArgs {
     /// Threads reading kernel requests.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// `auto`: opens of task content that is a file on this machine (the
+    /// --embedded store, or a released dfdaemon's download linked into
+    /// --spool) pass through to it in the kernel (Linux 6.9+, root);
+    /// `never`: every read goes through the mount.
+    #[arg(
+        long,
+        value_name = "never|auto",
+        default_value = "auto",
+        env = "DFCACHE_PASSTHROUGH"
+    )]
+    pub passthrough: PassthroughMode,
     #[command(flatten)]
     pub task: TaskArgs,
 }
@@ -101,6 +113,9 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         }
         None => (None, global.endpoint.clone()),
     };
+    // The embedded store's content files are on this machine: opens of
+    // tasks pass through to them.
+    let local_store = daemon.as_ref().map(|d| d.store.clone());
     // Every daemon call of the mount is bounded by --fetch-timeout: a frozen
     // daemon must not hang the programs (and kubelet) touching the mount.
     let client =
@@ -141,11 +156,16 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         task_cache_size: args.task_cache_size,
         owner,
     };
-    let fs = Arc::new(DfcacheFs::new(Arc::new(client), config));
+    let mut fs = DfcacheFs::new(Arc::new(client), config);
+    if let Some(store) = local_store {
+        fs = fs.with_local_content(Arc::new(store));
+    }
+    let fs = Arc::new(fs);
     let settings = MountSettings {
         allow_other: args.allow_other,
         kernel_read_ahead_kb: u32::try_from(args.kernel_read_ahead / 1024).unwrap_or(u32::MAX),
         threads: args.threads,
+        passthrough: args.passthrough,
     };
     let session = dfcache::fs::mount(
         fs,
@@ -190,6 +210,7 @@ async fn wait_session_end(session: &fuser::BackgroundSession) {
 
 /// An embedded daemon on a private socket inside its store directory.
 struct Embedded {
+    store: Store,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -205,13 +226,14 @@ async fn start_embedded(dir: &std::path::Path) -> anyhow::Result<(Embedded, Path
     let store =
         Store::open(dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
     let socket = dir.join("dfdaemon.sock");
+    let served = store.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let listen_socket = socket.clone();
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = serve(store, &listen_socket, ServeOptions::default(), shutdown).await {
+        if let Err(e) = serve(served, &listen_socket, ServeOptions::default(), shutdown).await {
             warn!(error = %e, "embedded daemon stopped");
         }
     });
@@ -219,7 +241,7 @@ async fn start_embedded(dir: &std::path::Path) -> anyhow::Result<(Embedded, Path
     // left a stale socket file at the same path).
     for _ in 0..200 {
         if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-            return Ok((Embedded { stop, task }, socket));
+            return Ok((Embedded { store, stop, task }, socket));
         }
         if task.is_finished() {
             break;

@@ -24,6 +24,7 @@ pub use crate::fs::handles::DirEntry;
 use crate::fs::handles::{Handles, OpenFile, Opened};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
+use crate::fs::passthrough::LocalContent;
 use crate::fs::piece_cache::{PieceCache, TaskGeometry};
 use crate::fs::read_backend::PieceReads;
 use crate::fs::space;
@@ -88,6 +89,8 @@ pub struct DfcacheFs {
     pub(crate) task_files: TaskFiles,
     pub(crate) piece_reads: PieceReads,
     pub(crate) handles: Handles,
+    /// Where task content is a local file (the embedded daemon's store).
+    pub(crate) local: Option<Arc<dyn LocalContent>>,
     /// Task ids recently found unknown, so repeated lookups of a wrong id
     /// do not hammer the daemon.
     negative: Mutex<HashMap<String, Instant>>,
@@ -110,6 +113,8 @@ impl DfcacheFs {
         let task_files = TaskFiles::new(
             client.clone(),
             config.spool.clone().unwrap_or_else(std::env::temp_dir),
+            // A daemon that sees the spool links its files into it.
+            config.spool.as_ref().map(|_| config.path_mapping.clone()),
             config.task_cache_size,
             config.fetch_timeout,
         );
@@ -125,9 +130,17 @@ impl DfcacheFs {
             cache,
             task_files,
             handles: Handles::default(),
+            local: None,
             negative: Mutex::new(HashMap::new()),
             mounted_at: SystemTime::now(),
         }
+    }
+
+    /// Task content is a local file in `local` (the embedded daemon's
+    /// store): opens may pass through to it.
+    pub fn with_local_content(mut self, local: Arc<dyn LocalContent>) -> Self {
+        self.local = Some(local);
+        self
     }
 
     pub fn cache(&self) -> &PieceCache {

@@ -21,6 +21,8 @@ use crate::fs::attr::{Attr, Kind, SetAttr};
 use crate::fs::error::Errno;
 use crate::fs::filesystem::DfcacheFs;
 use crate::fs::handles::Opened;
+use crate::fs::passthrough::kernel::KernelPassthrough;
+use crate::fs::passthrough::{Decision, PassthroughMode};
 
 /// Task content never changes, but a task can be deleted or expire: the
 /// kernel asks again after this long, so `stat` notices (the page cache is
@@ -34,11 +36,18 @@ pub const MAX_REQUEST: u32 = 1 << 20;
 pub struct FuseAdapter {
     fs: Arc<DfcacheFs>,
     rt: Handle,
+    /// Some when task opens may pass through to local files.
+    passthrough: Option<Arc<KernelPassthrough>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<DfcacheFs>, rt: Handle) -> Self {
-        Self { fs, rt }
+    pub fn new(fs: Arc<DfcacheFs>, rt: Handle, passthrough: PassthroughMode) -> Self {
+        let decision = Decision::at_start(passthrough, fs.local_source());
+        Self {
+            passthrough: KernelPassthrough::new(&decision).map(Arc::new),
+            fs,
+            rt,
+        }
     }
 
     /// Runs `f` on the runtime with a handle on the file system, in a span
@@ -133,6 +142,9 @@ impl Filesystem for FuseAdapter {
                 ?missing,
                 "kernel lacks atomic O_TRUNC: overwriting a finished import will fail"
             );
+        }
+        if let (Some(passthrough), Some(source)) = (&self.passthrough, self.fs.local_source()) {
+            passthrough.init(config, source);
         }
         Ok(())
     }
@@ -241,10 +253,15 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        let passthrough = self.passthrough.clone().filter(|_| !write);
         self.spawn("open", ino.0, move |fs| async move {
-            match fs.open(ino.0, write, truncate).await {
-                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(opened)),
-                Err(e) => reply.error(errno(e)),
+            match (fs.open(ino.0, write, truncate).await, passthrough) {
+                (Ok(opened), Some(passthrough)) => {
+                    let local = fs.local_file(opened.fh);
+                    passthrough.reply_open(ino.0, opened.fh, fopen_flags(opened), local, reply)
+                }
+                (Ok(opened), None) => reply.opened(FileHandle(opened.fh), fopen_flags(opened)),
+                (Err(e), _) => reply.error(errno(e)),
             }
         });
     }
@@ -342,6 +359,9 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(passthrough) = &self.passthrough {
+            passthrough.release(fh.0);
+        }
         self.spawn("release", _ino.0, move |fs| async move {
             reply_empty(fs.release(fh.0).await, reply)
         });

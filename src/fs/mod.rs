@@ -24,6 +24,7 @@ pub mod handles;
 pub mod import;
 pub mod inodes;
 pub mod mount;
+pub mod passthrough;
 pub mod piece_cache;
 pub mod read;
 pub mod read_backend;

@@ -20,6 +20,8 @@ pub struct MountSettings {
     pub kernel_read_ahead_kb: u32,
     /// Threads reading /dev/fuse.
     pub threads: usize,
+    /// Whether opens may pass through to local task files.
+    pub passthrough: crate::fs::passthrough::PassthroughMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +65,15 @@ pub fn mount(
     };
     config.n_threads = Some(settings.threads.max(1));
     config.clone_fd = settings.threads > 1;
-    let session =
-        fuser::spawn_mount(FuseAdapter::new(fs, rt), mountpoint, &config).map_err(|source| {
-            MountError::Mount {
-                path: mountpoint.to_path_buf(),
-                source,
-            }
-        })?;
+    let session = fuser::spawn_mount(
+        FuseAdapter::new(fs, rt, settings.passthrough),
+        mountpoint,
+        &config,
+    )
+    .map_err(|source| MountError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
     if settings.kernel_read_ahead_kb > 0 {
         raise_read_ahead(mountpoint, settings.kernel_read_ahead_kb);
     }

@@ -11,6 +11,7 @@ use crate::fs::filesystem::DfcacheFs;
 use crate::fs::handles::{OpenFile, Opened};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::Node;
+use crate::fs::passthrough::LocalFile;
 use crate::fs::piece_cache::TaskGeometry;
 use crate::fs::read_backend::ReadBackend;
 use crate::fs::readahead::Readahead;
@@ -31,6 +32,35 @@ impl DfcacheFs {
             writable: write,
             readahead: Default::default(),
         }))
+    }
+
+    /// The complete local file of the task open as `fh`, if there is one:
+    /// the store's content file (embedded daemon), or a finished download
+    /// the daemon linked into the spool (released dfdaemon).
+    pub fn local_file(&self, fh: u64) -> Option<LocalFile> {
+        let file = self.handle(fh).ok()?;
+        let Node::Task(task) = &file.node else {
+            return None;
+        };
+        let id = &task.geometry.id;
+        match &self.local {
+            Some(local) => local.open(id),
+            None => self
+                .task_files
+                .complete_file(id)
+                .map(|file| LocalFile::new(file, None)),
+        }
+    }
+
+    /// Where task files could be local, for the start-up decision.
+    pub fn local_source(&self) -> Option<&'static str> {
+        if self.local.is_some() {
+            Some("the embedded daemon's store")
+        } else if self.config.spool.is_some() {
+            Some("finished downloads a released dfdaemon linked into the spool")
+        } else {
+            None
+        }
     }
 
     /// Up to `size` bytes at `offset`.

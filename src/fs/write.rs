@@ -302,7 +302,8 @@ impl DfcacheFs {
 }
 
 /// Removes the spool files of mounts that are no longer running (a mount
-/// killed mid-import leaves its file behind; its name carries its pid).
+/// killed mid-import leaves its import file behind, one killed while the
+/// daemon was linking a download the download's name; both carry its pid).
 /// Files of a live mount sharing the directory are left alone. Returns how
 /// many were removed.
 pub fn remove_stale_spool_files(dir: &std::path::Path) -> std::io::Result<usize> {
@@ -310,13 +311,13 @@ pub fn remove_stale_spool_files(dir: &std::path::Path) -> std::io::Result<usize>
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("import-"))
-            .filter(|n| n.ends_with(".spool"))
-            .and_then(|n| n.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        let Some(pid) = name.to_str().and_then(|n| {
+            n.strip_prefix("import-")
+                .filter(|n| n.ends_with(".spool"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .or_else(|| crate::fs::task_files::is_download_file_of(n))
+        }) else {
             continue;
         };
         let alive =

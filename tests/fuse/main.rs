@@ -13,5 +13,6 @@ mod import;
 mod legacy;
 mod legacy_reads;
 mod misc;
+mod passthrough;
 mod read;
 mod scale;

@@ -351,9 +351,38 @@ impl DaemonClient for FakeDaemon {
     }
 
     async fn download(&self, task_id: &str) -> ClientResult<Box<dyn PieceSource>> {
+        self.download_pieces(task_id, None).await
+    }
+
+    async fn download_linked(
+        &self,
+        task_id: &str,
+        daemon_path: &Path,
+    ) -> ClientResult<Box<dyn PieceSource>> {
+        self.download_pieces(task_id, Some(daemon_path)).await
+    }
+}
+
+impl FakeDaemon {
+    /// A download's pieces; with `output`, the content is written there
+    /// first (as a daemon's hard link would show it) and the pieces carry
+    /// none.
+    async fn download_pieces(
+        &self,
+        task_id: &str,
+        output: Option<&Path>,
+    ) -> ClientResult<Box<dyn PieceSource>> {
         let fault = self.begin(Call::Download);
         self.immediate(&fault, "a download").await?;
         let task = self.stored(task_id)?;
+        if let Some(path) = output {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &task.content))
+                .map_err(|e| ClientError::io(format!("link {}", path.display()), e))?;
+        }
         let len = task.content.len() as u64;
         let mut pieces: Vec<DownloadedPiece> = (0..piece_count(len, task.piece_length))
             .map(|number| {
@@ -363,7 +392,9 @@ impl DaemonClient for FakeDaemon {
                     number,
                     offset,
                     length: end - offset,
-                    content: Some(task.content.slice(offset as usize..end as usize)),
+                    content: output
+                        .is_none()
+                        .then(|| task.content.slice(offset as usize..end as usize)),
                 }
             })
             .collect();

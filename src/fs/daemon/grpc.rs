@@ -79,7 +79,19 @@ impl DaemonClient for Client {
 
     async fn download(&self, task_id: &str) -> ClientResult<Box<dyn PieceSource>> {
         Ok(Box::new(
-            self.download_task(task_id, None, false, None).await?,
+            self.download_task(task_id, None, false, false, None)
+                .await?,
+        ))
+    }
+
+    async fn download_linked(
+        &self,
+        task_id: &str,
+        daemon_path: &Path,
+    ) -> ClientResult<Box<dyn PieceSource>> {
+        Ok(Box::new(
+            self.download_task(task_id, Some(daemon_path), true, false, None)
+                .await?,
         ))
     }
 }

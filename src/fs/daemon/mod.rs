@@ -75,4 +75,13 @@ pub trait DaemonClient: Send + Sync + 'static {
     ) -> ClientResult<WriteSummary>;
     /// The whole task as piece content (a daemon without range reads).
     async fn download(&self, task_id: &str) -> ClientResult<Box<dyn PieceSource>>;
+    /// The whole task in a file at `daemon_path` (a path as the daemon
+    /// sees it, which must not exist): the daemon hard-links its own
+    /// content file there, or fails, and reports each piece, without its
+    /// content, once it has landed in that file.
+    async fn download_linked(
+        &self,
+        task_id: &str,
+        daemon_path: &Path,
+    ) -> ClientResult<Box<dyn PieceSource>>;
 }

@@ -1,32 +1,44 @@
 //! Reads of task content from a daemon without range reads (today's
-//! released dfdaemon): the whole task is downloaded once, as piece content
-//! over the socket, into a local file, and each read is answered as soon
-//! as the pieces covering it have landed, not after the whole download.
+//! released dfdaemon): the whole task is downloaded once into a local
+//! file, and each read is answered as soon as the pieces covering it have
+//! landed, not after the whole download.
 //!
-//! Pieces arrive in whatever order the P2P download delivers them, so the
-//! file is written by offset and a per-piece map says what has landed.
-//! Files are unlinked as soon as they are created: they live as long as a
-//! download or a reader holds them, and a crash leaves nothing behind.
+//! The download comes one of two ways (`download.rs`):
+//! - linked: the daemon hard-links its own content file into the spool and
+//!   reports pieces as they land in it; no piece content crosses the
+//!   socket, and a finished download is the daemon's file itself, which
+//!   the kernel can read directly (passthrough);
+//! - content: every piece arrives with its content and is written here by
+//!   offset (the daemon cannot link into the spool: another file system,
+//!   or no spool).
+//!
+//! Pieces arrive in whatever order the P2P download delivers them, so a
+//! per-piece map says what has landed. Files are unlinked as soon as they
+//! are open: they live as long as a download or a reader holds them, and
+//! a name left by a crash is removed at the next start (its pid is in it).
 //! Their total size is bounded: the least recently used task is evicted
 //! whole (a download being waited on lives until its readers are done).
+
+mod download;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use lru::LruCache;
 use tokio::sync::watch;
-use tracing::{debug, info, Instrument};
+use tracing::{info, Instrument};
 
-use crate::fs::daemon::{ClientError, DaemonClient};
+use crate::fs::daemon::DaemonClient;
 use crate::fs::error::{Errno, FsError, FsResult};
 use crate::fs::piece_cache::TaskGeometry;
+use crate::mapping::PathMapper;
 
-static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
+pub use download::{is_download_file_of, DOWNLOAD_FILE_PREFIX};
 
 /// Downloads of whole tasks into local files, at most `capacity` bytes.
 pub struct TaskFiles {
@@ -35,6 +47,10 @@ pub struct TaskFiles {
     capacity: u64,
     /// Longest wait for a download to make progress.
     stall_timeout: Duration,
+    /// How the daemon sees `dir`, when it may link its files into it.
+    link: Option<PathMapper>,
+    /// Set once the daemon failed to link: later downloads carry content.
+    link_failed: Arc<AtomicBool>,
     state: Mutex<State>,
 }
 
@@ -45,10 +61,11 @@ struct State {
 
 /// One task's download: its file and what has landed in it.
 struct Download {
-    file: File,
+    /// Set before the first piece is marked landed.
+    file: OnceLock<Arc<File>>,
     geometry: TaskGeometry,
     progress: watch::Sender<Landed>,
-    task: tokio::task::AbortHandle,
+    task: OnceLock<tokio::task::AbortHandle>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,18 +79,27 @@ impl Landed {
     fn covers(&self, first: u64, last: u64) -> bool {
         (first..=last).all(|i| self.pieces.get(i as usize).copied().unwrap_or(false))
     }
+
+    fn complete(&self) -> bool {
+        self.pieces.iter().all(|&p| p)
+    }
 }
 
 impl Drop for Download {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 }
 
 impl TaskFiles {
+    /// Downloads into `dir`; with `link`, the mapping of `dir` to the
+    /// daemon's view, the daemon is asked to hard-link its files there.
     pub fn new(
         client: Arc<dyn DaemonClient>,
         dir: PathBuf,
+        link: Option<PathMapper>,
         capacity: u64,
         stall_timeout: Duration,
     ) -> Self {
@@ -82,6 +108,8 @@ impl TaskFiles {
             dir,
             capacity,
             stall_timeout,
+            link,
+            link_failed: Arc::default(),
             state: Mutex::new(State {
                 downloads: LruCache::unbounded(),
                 bytes: 0,
@@ -97,6 +125,17 @@ impl TaskFiles {
         let download = self.get_or_start(task)?;
         self.wait_for(&download, first, last).await?;
         read_at(download, offset, end - offset).await
+    }
+
+    /// The file of a task whose download is complete, if there is one:
+    /// every byte of it can be read without asking the daemon.
+    pub fn complete_file(&self, task_id: &str) -> Option<Arc<File>> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let download = state.downloads.peek(task_id)?;
+        if !download.progress.borrow().complete() {
+            return None;
+        }
+        download.file.get().cloned()
     }
 
     /// Waits until pieces `first..=last` landed. Fails when the download
@@ -154,125 +193,52 @@ impl TaskFiles {
                 None => break,
             }
         }
-        let download = self.start(task)?;
+        let download = self.start(task);
         state.bytes += task.content_length;
         state.downloads.put(task.id.clone(), download.clone());
         Ok(download)
     }
 
-    fn start(&self, task: &TaskGeometry) -> FsResult<Arc<Download>> {
-        let file = self
-            .create_file()
-            .map_err(|e| FsError::caused_by(libc::EIO, e))?;
-        let pieces = vec![false; task.piece_count() as usize];
+    fn start(&self, task: &TaskGeometry) -> Arc<Download> {
         let (progress, _) = watch::channel(Landed {
-            pieces,
+            pieces: vec![false; task.piece_count() as usize],
             failed: None,
         });
-        let file_for_task = file.try_clone().map_err(|_| Errno::EIO)?;
-        let span = tracing::info_span!("download", task_id = %task.id);
-        let handle = tokio::spawn(
-            download(
-                self.client.clone(),
-                task.clone(),
-                file_for_task,
-                progress.clone(),
-            )
-            .instrument(span),
-        );
-        Ok(Arc::new(Download {
-            file,
+        let download = Arc::new(Download {
+            file: OnceLock::new(),
             geometry: task.clone(),
             progress,
-            task: handle.abort_handle(),
-        }))
+            task: OnceLock::new(),
+        });
+        let way = match &self.link {
+            Some(mapper) if !self.link_failed.load(Ordering::Relaxed) => {
+                download::Way::Linked(mapper.clone())
+            }
+            _ => download::Way::Content,
+        };
+        let job = download::Job {
+            client: self.client.clone(),
+            dir: self.dir.clone(),
+            download: Arc::downgrade(&download),
+            task: task.clone(),
+        };
+        let span = tracing::info_span!("download", task_id = %task.id);
+        let handle = tokio::spawn(job.run(way, self.link_failed.clone()).instrument(span));
+        let _ = download.task.set(handle.abort_handle());
+        download
     }
-
-    /// A new file in the directory, unlinked at once.
-    fn create_file(&self) -> std::io::Result<File> {
-        let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .dir
-            .join(format!(".dfcache-download-{}-{n}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        std::fs::remove_file(&path)?;
-        Ok(file)
-    }
-}
-
-/// Runs one download to its end, recording each piece as it lands.
-async fn download(
-    client: Arc<dyn DaemonClient>,
-    task: TaskGeometry,
-    file: File,
-    progress: watch::Sender<Landed>,
-) {
-    let file = Arc::new(file);
-    let result = receive_pieces(client.as_ref(), &task, &file, &progress).await;
-    match result {
-        Ok(()) => info!("whole task downloaded"),
-        Err(err) => {
-            // Every read waiting on it fails with this, cause included.
-            let errno = Errno::from(&err);
-            debug!(error = %err, "whole-task download failed");
-            progress.send_modify(|landed| landed.failed = Some(errno));
-        }
-    }
-}
-
-async fn receive_pieces(
-    client: &dyn DaemonClient,
-    task: &TaskGeometry,
-    file: &Arc<File>,
-    progress: &watch::Sender<Landed>,
-) -> Result<(), ClientError> {
-    let mut stream = client.download(&task.id).await?;
-    while let Some(piece) = stream.next_piece().await? {
-        let content = piece.content.ok_or_else(|| {
-            ClientError::Protocol(format!("piece {} came without its content", piece.number))
-        })?;
-        let index = piece.offset / task.piece_length.max(1);
-        let (expected_offset, expected_len) = task.piece_range(index);
-        if index >= task.piece_count()
-            || piece.offset != expected_offset
-            || content.len() as u64 != expected_len
-        {
-            return Err(ClientError::Protocol(format!(
-                "piece at {} of {} bytes does not match the task's pieces of {}",
-                piece.offset,
-                content.len(),
-                task.piece_length
-            )));
-        }
-        let file = file.clone();
-        let offset = piece.offset;
-        tokio::task::spawn_blocking(move || file.write_all_at(&content, offset))
-            .await
-            .map_err(|e| ClientError::io("write a downloaded piece", std::io::Error::other(e)))?
-            .map_err(|e| ClientError::io("write a downloaded piece", e))?;
-        progress.send_modify(|landed| landed.pieces[index as usize] = true);
-    }
-    if !progress
-        .borrow()
-        .covers(0, task.piece_count().saturating_sub(1))
-    {
-        return Err(ClientError::Protocol(
-            "the download ended before every piece arrived".into(),
-        ));
-    }
-    Ok(())
 }
 
 async fn read_at(download: Arc<Download>, offset: u64, len: u64) -> FsResult<Bytes> {
+    let file = download.file.get().cloned().ok_or_else(|| {
+        FsError::caused_by(
+            libc::EIO,
+            std::io::Error::other("a piece landed before its file was open"),
+        )
+    })?;
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len as usize];
-        download
-            .file
-            .read_exact_at(&mut buf, offset)
+        file.read_exact_at(&mut buf, offset)
             .map(|()| Bytes::from(buf))
     })
     .await

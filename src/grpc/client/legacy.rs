@@ -67,12 +67,14 @@ impl Client {
     }
 
     /// Starts a legacy download. With `output_path` the daemon writes the
-    /// file there (a path as the daemon sees it); otherwise every piece
-    /// carries its content.
+    /// file there (a path as the daemon sees it), or with `hard_link` only
+    /// hard-links its own content file there (failing if it cannot);
+    /// otherwise every piece carries its content.
     pub async fn download_task(
         &self,
         task_id: &str,
         output_path: Option<&Path>,
+        hard_link: bool,
         overwrite: bool,
         digest: Option<&str>,
     ) -> ClientResult<PieceStream> {
@@ -84,7 +86,7 @@ impl Client {
             output_path: output_path.map(|p| p.to_string_lossy().into_owned()),
             timeout: None,
             need_piece_content: output_path.is_none(),
-            force_hard_link: false,
+            force_hard_link: hard_link && output_path.is_some(),
             digest: digest.map(str::to_string),
             remote_ip: None,
             overwrite,
