@@ -307,7 +307,17 @@ impl DfdaemonDownload for Daemon {
             },
             _ => download::PieceOrder::InOrder,
         };
-        download::handle(&self.store, request.into_inner(), order)
+        // A released dfdaemon links its content file at the output path
+        // whenever it can; this daemon does so only when asked to
+        // (force_hard_link: the mount, which never writes it), because a
+        // program that later writes its export in place would write the
+        // stored task.
+        let links = if self.emulate == Emulation::Legacy {
+            download::Links::WhenPossible
+        } else {
+            download::Links::WhenForced
+        };
+        download::handle(&self.store, request.into_inner(), order, links)
             .await
             .map(Response::new)
             .map_err(|s| self.as_released(s))

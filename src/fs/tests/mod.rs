@@ -5,6 +5,7 @@
 
 mod faults;
 mod imports;
+mod local_files;
 mod reads;
 
 use std::ffi::OsString;

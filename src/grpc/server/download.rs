@@ -64,10 +64,20 @@ impl PieceOrder {
     }
 }
 
+/// When an export to an output path is a hard link to the content file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// As dfdaemon: whenever the two are on one file system.
+    WhenPossible,
+    /// Only when the client insists (`force_hard_link`); copies otherwise.
+    WhenForced,
+}
+
 pub async fn handle(
     store: &Store,
     req: DownloadPersistentCacheTaskRequest,
     order: PieceOrder,
+    links: Links,
 ) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
     let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     let digest = req
@@ -83,6 +93,7 @@ pub async fn handle(
             &meta.id,
             &super::client_path(path, "output")?,
             &req,
+            links,
         )?),
         None if req.need_piece_content => None,
         None => {
@@ -248,7 +259,11 @@ impl Destination {
         id: &str,
         target: &Path,
         req: &DownloadPersistentCacheTaskRequest,
+        links: Links,
     ) -> Result<Self, Status> {
+        if links == Links::WhenForced && !req.force_hard_link {
+            return Ok(Destination::Copy(Output::create(target, req.overwrite)?));
+        }
         match super::link::link_content(&store.content_path(id), target, req.overwrite) {
             Ok(()) => Ok(Destination::Linked),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Status::already_exists(
