@@ -5,7 +5,8 @@
 //! - [`store`]: the embedded daemon's on-disk task store;
 //! - [`mapping`]: container/host path mapping;
 //! - [`digest`]: export digests;
-//! - [`direct_io`]: reads and writes around the page cache.
+//! - [`direct_io`]: reads and writes around the page cache;
+//! - [`tree`]: directory trees as manifests of tasks.
 
 pub mod digest;
 pub mod direct_io;
@@ -14,3 +15,4 @@ pub mod fs;
 pub mod grpc;
 pub mod mapping;
 pub mod store;
+pub mod tree;
