@@ -31,6 +31,10 @@ pub struct ExportArgs {
     /// Replace the output file if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// The id is a tree's (`import --recursive`): recreate the whole tree
+    /// as the directory OUTPUT, which must not exist.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
     /// Verify the content: sha256:<hex>, sha512:<hex> or crc32:<hex>.
     #[arg(long)]
     pub digest: Option<Digest>,
@@ -46,6 +50,9 @@ pub struct ExportArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: ExportArgs) -> anyhow::Result<()> {
+    if args.recursive {
+        return super::tree::export(global, &args).await;
+    }
     let output =
         std::path::absolute(&args.output).with_context(|| format!("{}", args.output.display()))?;
     check_output(&output, args.overwrite)?;
@@ -54,7 +61,7 @@ pub async fn run(global: &GlobalArgs, args: ExportArgs) -> anyhow::Result<()> {
     let span = info_span!("export", task_id = %args.id, path = %output.display());
     let result = with_timeout(
         args.timeout,
-        export(&client, &args, &output, bar.clone()).instrument(span),
+        export(&client, &args, &output, bar.clone() as Arc<dyn Progress>).instrument(span),
     )
     .await;
     bar.finish();
@@ -79,11 +86,11 @@ fn check_output(output: &Path, overwrite: bool) -> anyhow::Result<()> {
     }
 }
 
-async fn export(
+pub(super) async fn export(
     client: &Client,
     args: &ExportArgs,
     output: &Path,
-    bar: Arc<Bar>,
+    bar: Arc<dyn Progress>,
 ) -> anyhow::Result<()> {
     if args.transfer.stream_mode && !client.is_legacy() {
         match stream_export(client, args, output, bar.clone()).await {
@@ -114,7 +121,7 @@ async fn stream_export(
     client: &Client,
     args: &ExportArgs,
     output: &Path,
-    bar: Arc<Bar>,
+    bar: Arc<dyn Progress>,
 ) -> Result<(), ExportError> {
     let mut reader = client.read_task(&args.id, ReadRange::default()).await?;
     if let Some(len) = reader.content_length() {
@@ -166,7 +173,7 @@ async fn piece_export(
     client: &Client,
     args: &ExportArgs,
     output: &Path,
-    bar: Arc<Bar>,
+    bar: Arc<dyn Progress>,
 ) -> anyhow::Result<()> {
     let digest = args.digest.as_ref().map(Digest::to_string);
     let mut pieces = client

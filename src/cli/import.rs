@@ -16,8 +16,12 @@ use super::{parse_timeout, with_timeout, GlobalArgs, TaskArgs, TransferArgs};
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The file to import.
+    /// The file to import (with --recursive, the directory).
     pub path: PathBuf,
+    /// Import a directory tree: every file, then the tree's manifest; prints
+    /// the tree id, which `export --recursive` and the mount's trees/ take.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
     #[command(flatten)]
     pub task: TaskArgs,
     /// Compute the task id from this string instead of the content.
@@ -35,8 +39,14 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
         std::path::absolute(&args.path).with_context(|| format!("{}", args.path.display()))?;
     let meta =
         std::fs::metadata(&local).with_context(|| format!("cannot import {}", local.display()))?;
+    if args.recursive {
+        return super::tree::import(global, &args, &local).await;
+    }
     if meta.is_dir() {
-        bail!("cannot import {}: it is a directory", local.display());
+        bail!(
+            "cannot import {}: it is a directory (--recursive imports a tree)",
+            local.display()
+        );
     }
     // The path the daemon would open: symlinks resolved first, so a link
     // out of a mapped volume cannot smuggle a host path past the mapping.
@@ -73,7 +83,7 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn daemon_path_of(local: &Path, transfer: &TransferArgs) -> Result<PathBuf, String> {
+pub(super) fn daemon_path_of(local: &Path, transfer: &TransferArgs) -> Result<PathBuf, String> {
     let real = std::fs::canonicalize(local).map_err(|e| format!("{}: {e}", local.display()))?;
     transfer
         .path_mapping

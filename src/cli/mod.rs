@@ -8,6 +8,8 @@ pub mod progress;
 pub mod rm;
 pub mod serve;
 pub mod stat;
+pub mod tree;
+mod tree_fetch;
 pub mod units;
 
 use std::path::PathBuf;
