@@ -59,13 +59,7 @@ pub async fn import(global: &GlobalArgs, args: &ImportArgs, dir: &Path) -> anyho
     let tree_id = with_timeout(
         args.timeout,
         async {
-            let mut ids = HashMap::with_capacity(files.len());
-            for file in &files {
-                let id = import_file(&client, file, &args.transfer, &options, &progress)
-                    .await
-                    .with_context(|| format!("import of {} failed", file.local.display()))?;
-                ids.insert(file.rel.clone(), id);
-            }
+            let ids = import_files(&client, &files, &args.transfer, &options, &progress).await?;
             fill_ids(&mut entries, &ids);
             import_manifest(&client, dir, &Manifest { entries }, args, &options).await
         }
@@ -143,6 +137,49 @@ fn walk(
         entries.push(Entry { name, mode, kind });
     }
     Ok(entries)
+}
+
+/// Imports that run at once: a tree of small files is bound by round trips
+/// to the daemon, not by bytes (1,000 files of a few KiB: one at a time,
+/// each import waits for the daemon's answer before the next starts).
+const IMPORTS_AT_ONCE: usize = 8;
+
+/// Every file's task id, by its path in the tree.
+async fn import_files(
+    client: &Client,
+    files: &[Found],
+    transfer: &TransferArgs,
+    options: &ImportOptions,
+    progress: &Arc<dyn Progress>,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut ids = HashMap::with_capacity(files.len());
+    let mut running = tokio::task::JoinSet::new();
+    let mut next = files.iter();
+    loop {
+        while running.len() < IMPORTS_AT_ONCE {
+            let Some(file) = next.next() else { break };
+            let (client, transfer, options, progress) = (
+                client.clone(),
+                transfer.clone(),
+                options.clone(),
+                progress.clone(),
+            );
+            let (local, rel, size) = (file.local.clone(), file.rel.clone(), file.size);
+            running.spawn(async move {
+                let file = Found { local, rel, size };
+                let id = import_file(&client, &file, &transfer, &options, &progress)
+                    .await
+                    .with_context(|| format!("import of {} failed", file.local.display()));
+                (file.rel, id)
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            return Ok(ids);
+        };
+        let (rel, id) = done.context("an import task failed")?;
+        // The first failure ends the tree (the rest are aborted with the set).
+        ids.insert(rel, id?);
+    }
 }
 
 async fn import_file(
