@@ -7,6 +7,8 @@ use std::time::SystemTime;
 pub enum Kind {
     Directory,
     File,
+    /// Only in trees (`trees/<id>/`).
+    Symlink,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

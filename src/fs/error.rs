@@ -36,6 +36,10 @@ impl FsError {
     pub const EOPNOTSUPP: FsError = FsError::new(libc::EOPNOTSUPP);
     pub const ESTALE: FsError = FsError::new(libc::ESTALE);
     pub const EFBIG: FsError = FsError::new(libc::EFBIG);
+    pub const EISDIR: FsError = FsError::new(libc::EISDIR);
+    pub const ELOOP: FsError = FsError::new(libc::ELOOP);
+    pub const EBUSY: FsError = FsError::new(libc::EBUSY);
+    pub const ENOTEMPTY: FsError = FsError::new(libc::ENOTEMPTY);
 
     /// An errno with no cause beyond the file system's own rules.
     pub const fn new(code: i32) -> Self {

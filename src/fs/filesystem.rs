@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::domain::task_id::is_task_id;
 use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
+use crate::fs::commit_tree::TREE_ID_XATTR;
 use crate::fs::daemon::{ClientError, DaemonClient, ImportOptions, TaskInfo};
 use crate::fs::error::{Errno, FsResult};
 pub use crate::fs::handles::DirEntry;
@@ -29,6 +30,7 @@ use crate::fs::piece_cache::{PieceCache, TaskGeometry};
 use crate::fs::read_backend::PieceReads;
 use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
+use crate::fs::trees::TreeNode;
 use crate::grpc::client::Code;
 use crate::mapping::PathMapper;
 
@@ -215,9 +217,12 @@ impl DfcacheFs {
             ROOT_INO => Ok(self.dir_attr(ROOT_INO, 0o555)),
             TASKS_INO => Ok(self.dir_attr(TASKS_INO, 0o555)),
             IMPORT_INO => Ok(self.dir_attr(IMPORT_INO, 0o755)),
+            TREES_INO => Ok(self.dir_attr(TREES_INO, 0o555)),
             _ => match self.node(ino)? {
                 Node::Task(task) => Ok(self.task_attr(&task)),
                 Node::Import(node) => Ok(self.import_attr(&node).await),
+                Node::ImportDir(dir) => Ok(self.import_dir_attr(&dir)),
+                Node::Tree(node) => Ok(self.tree_attr(&node)),
             },
         }
     }
@@ -226,22 +231,28 @@ impl DfcacheFs {
         match parent {
             ROOT_INO if name == TASKS_DIR => self.getattr(TASKS_INO).await,
             ROOT_INO if name == IMPORT_DIR => self.getattr(IMPORT_INO).await,
+            ROOT_INO if name == TREES_DIR => self.getattr(TREES_INO).await,
             ROOT_INO => Err(Errno::ENOENT),
+            TREES_INO => self.lookup_tree(name).await,
             TASKS_INO => {
                 let task = self.lookup_task(name).await?;
                 Ok(self.task_attr(&task))
             }
-            IMPORT_INO => {
-                let node = self.inodes().import(name).ok_or(Errno::ENOENT)?;
-                Ok(self.import_attr(&node).await)
-            }
-            _ => Err(Errno::ENOTDIR),
+            IMPORT_INO => self.lookup_import(IMPORT_INO, name).await,
+            _ => match self.node(parent)? {
+                Node::ImportDir(dir) if !dir.is_link() => self.lookup_import(dir.ino, name).await,
+                Node::Tree(node) => match &*node {
+                    TreeNode::Dir(dir) => self.lookup_in_tree(dir, name).await,
+                    _ => Err(Errno::ENOTDIR),
+                },
+                _ => Err(Errno::ENOTDIR),
+            },
         }
     }
 
     /// A task by id: known, or asked of the daemon (so a task the P2P
     /// network has opens even if it is not listed locally).
-    async fn lookup_task(&self, name: &OsStr) -> FsResult<Arc<TaskNode>> {
+    pub(crate) async fn lookup_task(&self, name: &OsStr) -> FsResult<Arc<TaskNode>> {
         let id = name
             .to_str()
             .filter(|id| is_task_id(id))
@@ -359,56 +370,62 @@ impl DfcacheFs {
                 dir(ROOT_INO, ".."),
                 dir(TASKS_INO, TASKS_DIR),
                 dir(IMPORT_INO, IMPORT_DIR),
+                dir(TREES_INO, TREES_DIR),
             ],
             TASKS_INO => vec![dir(TASKS_INO, "."), dir(ROOT_INO, "..")],
-            IMPORT_INO => vec![dir(IMPORT_INO, "."), dir(ROOT_INO, "..")],
-            _ => return Err(Errno::ENOTDIR),
+            IMPORT_INO => return Ok(self.import_listing(IMPORT_INO, ROOT_INO)),
+            // The trees this mount has opened: which tasks are manifests is
+            // not known until one is read.
+            TREES_INO => {
+                let mut entries = vec![dir(TREES_INO, "."), dir(ROOT_INO, "..")];
+                for (id, ino) in self.inodes().trees() {
+                    entries.push(dir(ino, &id));
+                }
+                return Ok(entries);
+            }
+            _ => match self.node(ino)? {
+                Node::Tree(node) => match &*node {
+                    TreeNode::Dir(d) => return Ok(self.tree_listing(d)),
+                    _ => return Err(Errno::ENOTDIR),
+                },
+                Node::ImportDir(d) if !d.is_link() => {
+                    let parent = d.meta().parent;
+                    return Ok(self.import_listing(d.ino, parent));
+                }
+                _ => return Err(Errno::ENOTDIR),
+            },
         };
-        match ino {
-            TASKS_INO => {
-                let tasks = match self.client.list().await {
-                    Ok(tasks) => tasks,
-                    Err(ClientError::Daemon {
-                        code: Code::Unimplemented,
-                        ..
-                    }) => {
-                        // A daemon without the listing (dragonfly-api
-                        // 2.1.12): what this mount imported or opened.
-                        debug!(
-                            "the daemon cannot list its tasks; listing the tasks this mount knows"
-                        );
-                        entries.extend(self.inodes().known_tasks().iter().map(|t| DirEntry {
-                            ino: t.ino,
-                            kind: Kind::File,
-                            name: (*t.geometry.id).into(),
-                        }));
-                        return Ok(entries);
-                    }
-                    Err(e) => return Err(Errno::from(e)),
-                };
-                self.forget_unlisted(&tasks);
-                let mut inodes = self.inodes();
-                for t in tasks {
-                    let created = t.created_at.unwrap_or(self.mounted_at);
-                    let geometry = TaskGeometry::new(&t.id, t.content_length, t.piece_length);
-                    let node = inodes.add_task(geometry, created);
-                    entries.push(DirEntry {
-                        ino: node.ino,
+        if ino == TASKS_INO {
+            let tasks = match self.client.list().await {
+                Ok(tasks) => tasks,
+                Err(ClientError::Daemon {
+                    code: Code::Unimplemented,
+                    ..
+                }) => {
+                    // A daemon without the listing (dragonfly-api
+                    // 2.1.12): what this mount imported or opened.
+                    debug!("the daemon cannot list its tasks; listing the tasks this mount knows");
+                    entries.extend(self.inodes().known_tasks().iter().map(|t| DirEntry {
+                        ino: t.ino,
                         kind: Kind::File,
-                        name: t.id.into(),
-                    });
+                        name: (*t.geometry.id).into(),
+                    }));
+                    return Ok(entries);
                 }
+                Err(e) => return Err(Errno::from(e)),
+            };
+            self.forget_unlisted(&tasks);
+            let mut inodes = self.inodes();
+            for t in tasks {
+                let created = t.created_at.unwrap_or(self.mounted_at);
+                let geometry = TaskGeometry::new(&t.id, t.content_length, t.piece_length);
+                let node = inodes.add_task(geometry, created);
+                entries.push(DirEntry {
+                    ino: node.ino,
+                    kind: Kind::File,
+                    name: t.id.into(),
+                });
             }
-            IMPORT_INO => {
-                for (name, ino) in self.inodes().imports() {
-                    entries.push(DirEntry {
-                        ino,
-                        kind: Kind::File,
-                        name,
-                    });
-                }
-            }
-            _ => {}
         }
         Ok(entries)
     }
@@ -456,6 +473,11 @@ impl DfcacheFs {
     pub async fn task_id_of(&self, ino: u64) -> FsResult<Option<String>> {
         match self.node(ino)? {
             Node::Task(task) => Ok(Some(task.geometry.id.to_string())),
+            Node::Tree(node) => Ok(match &*node {
+                TreeNode::File(f) => Some(f.task_id.clone()),
+                _ => None,
+            }),
+            Node::ImportDir(_) => Ok(None),
             Node::Import(node) => match &*node.state.lock().await {
                 ImportState::Finished(f) => Ok(Some(f.task_id.clone())),
                 _ => Ok(None),
@@ -464,6 +486,14 @@ impl DfcacheFs {
     }
 
     pub async fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        if name == TREE_ID_XATTR {
+            return match self.node(ino) {
+                Ok(Node::ImportDir(d)) if !d.is_link() => {
+                    Ok(self.commit_tree(ino).await?.into_bytes())
+                }
+                _ => Err(Errno::ENODATA),
+            };
+        }
         if name != TASK_ID_XATTR || ino <= IMPORT_INO {
             return Err(Errno::ENODATA);
         }
@@ -474,6 +504,11 @@ impl DfcacheFs {
     }
 
     pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if matches!(self.node(ino), Ok(Node::ImportDir(d)) if !d.is_link()) {
+            let mut names = TREE_ID_XATTR.as_bytes().to_vec();
+            names.push(0);
+            return Ok(names);
+        }
         if ino <= IMPORT_INO || self.task_id_of(ino).await?.is_none() {
             return Ok(Vec::new());
         }
@@ -490,7 +525,8 @@ impl DfcacheFs {
             return Err(Errno::EPERM);
         }
         let node = match self.node(ino)? {
-            Node::Task(_) => return Err(Errno::EACCES),
+            Node::Task(_) | Node::Tree(_) => return Err(Errno::EACCES),
+            Node::ImportDir(dir) => return self.setattr_import_dir(&dir, &change),
             Node::Import(node) => node,
         };
         if let Some(size) = change.size {
@@ -527,55 +563,6 @@ impl DfcacheFs {
             meta.ctime = SystemTime::now();
         }
         Ok(self.import_attr(&node).await)
-    }
-
-    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        if parent != IMPORT_INO {
-            return Err(if parent == TASKS_INO {
-                Errno::EACCES
-            } else {
-                Errno::EPERM
-            });
-        }
-        let node = self.inodes().unlink_import(name).ok_or(Errno::ENOENT)?;
-        self.cancel_if_unfinished(&node).await;
-        self.drop_if_unused(&node);
-        Ok(())
-    }
-
-    pub async fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        new_parent: u64,
-        new_name: &OsStr,
-        no_replace: bool,
-    ) -> FsResult<()> {
-        if parent != IMPORT_INO || new_parent != IMPORT_INO {
-            return Err(if parent == IMPORT_INO || new_parent == IMPORT_INO {
-                Errno::EXDEV
-            } else {
-                Errno::EACCES
-            });
-        }
-        let replaced = {
-            let mut inodes = self.inodes();
-            if inodes.import(name).is_none() {
-                return Err(Errno::ENOENT);
-            }
-            if no_replace && inodes.import(new_name).is_some() {
-                return Err(Errno::EEXIST);
-            }
-            if name == new_name {
-                return Ok(());
-            }
-            inodes.rename_import(name, new_name)
-        };
-        if let Some(old) = replaced {
-            self.cancel_if_unfinished(&old).await;
-            self.drop_if_unused(&old);
-        }
-        Ok(())
     }
 
     /// Unlinked and closed: the inode can go.

@@ -91,9 +91,9 @@ fn fopen_flags(opened: Opened) -> FopenFlags {
 
 fn ttl_of(attr: &Attr) -> Duration {
     match attr.kind {
-        Kind::File if attr.immutable => TASK_TTL,
+        Kind::File | Kind::Directory | Kind::Symlink if attr.immutable => TASK_TTL,
         // An import's size and mode change when it is committed.
-        Kind::File => Duration::ZERO,
+        Kind::File | Kind::Symlink => Duration::ZERO,
         Kind::Directory => SHORT_TTL,
     }
 }
@@ -107,10 +107,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.ctime,
-        kind: match a.kind {
-            Kind::Directory => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        },
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: if a.kind == Kind::Directory { 2 } else { 1 },
         uid: a.uid,
@@ -118,6 +115,14 @@ fn file_attr(a: &Attr) -> FileAttr {
         rdev: 0,
         blksize: MAX_REQUEST,
         flags: 0,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Directory => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -202,6 +207,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        // From the tree's manifest, already in memory: nothing waits.
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.spawn("opendir", ino.0, move |fs| async move {
             match fs.opendir(ino.0).await {
@@ -235,12 +248,7 @@ impl Filesystem for FuseAdapter {
         match self.fs.dir_listing(fh.0) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let kind = if e.kind == Kind::Directory {
-                        FileType::Directory
-                    } else {
-                        FileType::RegularFile
-                    };
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
                         break;
                     }
                 }
@@ -449,29 +457,46 @@ impl Filesystem for FuseAdapter {
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(FuseErrno::EPERM);
+        let name = name.to_os_string();
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn("mkdir", parent.0, move |fs| async move {
+            match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
+                Ok(attr) => reply.entry(&ttl_of(&attr), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(FuseErrno::EPERM);
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_os_string();
+        self.spawn("rmdir", parent.0, move |fs| async move {
+            reply_empty(fs.rmdir(parent.0, &name).await, reply)
+        });
     }
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(FuseErrno::EPERM);
+        let (name, target) = (link_name.to_os_string(), target.to_path_buf());
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn("symlink", parent.0, move |fs| async move {
+            match fs.symlink(parent.0, &name, &target, uid, gid).await {
+                Ok(attr) => reply.entry(&ttl_of(&attr), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn link(

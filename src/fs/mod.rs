@@ -16,12 +16,14 @@
 //! - `mount.rs`: mounting, stale mounts, the sysfs read-ahead lever.
 
 pub mod attr;
+pub mod commit_tree;
 pub mod daemon;
 pub mod error;
 pub mod filesystem;
 pub mod fuse;
 pub mod handles;
 pub mod import;
+pub mod import_dirs;
 pub mod inodes;
 pub mod mount;
 pub mod passthrough;
@@ -31,6 +33,7 @@ pub mod read_backend;
 pub mod readahead;
 pub mod space;
 pub mod task_files;
+pub mod trees;
 pub mod write;
 
 #[cfg(test)]

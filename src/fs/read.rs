@@ -15,17 +15,26 @@ use crate::fs::passthrough::LocalFile;
 use crate::fs::piece_cache::TaskGeometry;
 use crate::fs::read_backend::ReadBackend;
 use crate::fs::readahead::Readahead;
+use crate::fs::trees::TreeNode;
 
 impl DfcacheFs {
     /// Opens a file. Task files are read-only; an import may be reopened
     /// for writing only with O_TRUNC (which starts a new import).
     pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<Opened> {
-        let node = self.node(ino)?;
+        let mut node = self.node(ino)?;
         match &node {
-            Node::Task(_) if write => return Err(Errno::EACCES),
+            Node::Task(_) | Node::Tree(_) if write => return Err(Errno::EACCES),
             Node::Task(_) => {}
+            // A tree's file opens as its task: reads are a task's reads.
+            Node::Tree(tree) => match &**tree {
+                TreeNode::File(file) => node = Node::Task(self.tree_file_task(file).await?),
+                TreeNode::Dir(_) => return Err(Errno::EISDIR),
+                TreeNode::Link(_) => return Err(Errno::ELOOP),
+            },
             Node::Import(import) if write => self.reopen_for_write(import, truncate).await?,
             Node::Import(_) => {}
+            Node::ImportDir(d) if d.is_link() => return Err(Errno::ELOOP),
+            Node::ImportDir(_) => return Err(Errno::EISDIR),
         }
         Ok(self.add_handle(OpenFile {
             node,
@@ -68,6 +77,7 @@ impl DfcacheFs {
         let file = self.handle(fh)?;
         let geometry = match &file.node {
             Node::Task(task) => task.geometry.clone(),
+            Node::Tree(_) | Node::ImportDir(_) => return Err(Errno::EBADF),
             Node::Import(node) => match &*node.state.lock().await {
                 ImportState::Finished(f) => f.geometry(),
                 _ => {
@@ -115,7 +125,7 @@ impl DfcacheFs {
 
     /// Where reads come from: range reads through the piece cache, or (a
     /// daemon without them) whole-task downloads.
-    async fn read_backend(&self) -> FsResult<&dyn ReadBackend> {
+    pub(crate) async fn read_backend(&self) -> FsResult<&dyn ReadBackend> {
         Ok(if self.client.streams().await? {
             &self.piece_reads
         } else {

@@ -23,7 +23,7 @@ use crate::fs::error::{Errno, FsError, FsResult};
 use crate::fs::filesystem::DfcacheFs;
 use crate::fs::handles::{OpenFile, Opened};
 use crate::fs::import::{Finished, ImportState, Spool, Stream};
-use crate::fs::inodes::{ImportMeta, ImportNode, Node, IMPORT_INO, ROOT_INO, TASKS_INO};
+use crate::fs::inodes::{ImportEntry, ImportMeta, ImportNode, Node, IMPORT_INO};
 
 static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
 
@@ -38,12 +38,19 @@ impl DfcacheFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<(Attr, Opened)> {
-        match parent {
-            IMPORT_INO => {}
-            ROOT_INO | TASKS_INO => return Err(Errno::EACCES),
-            _ => return Err(Errno::ENOTDIR),
+        self.import_dir(parent)?;
+        if parent != IMPORT_INO {
+            // Files at the top keep any name they had; inside a directory
+            // they become entries of a tree.
+            Self::check_tree_name(name)?;
         }
-        let existing = self.inodes().import(name);
+        if matches!(
+            self.inodes().import_entry(parent, name),
+            Some(ImportEntry::Dir(_))
+        ) {
+            return Err(Errno::EISDIR);
+        }
+        let existing = self.inodes().import(parent, name);
         if let Some(existing) = existing {
             if exclusive {
                 return Err(Errno::EEXIST);
@@ -55,6 +62,7 @@ impl DfcacheFs {
         let state = self.start_import()?;
         let now = SystemTime::now();
         let meta = ImportMeta {
+            parent,
             name: name.to_os_string(),
             perm: (mode & 0o7777) as u16,
             uid,
@@ -241,10 +249,16 @@ impl DfcacheFs {
                 info!(name, "import failed; its name is removed from import/");
                 *state = ImportState::Failed(errno.clone());
                 // No file that looks like a finished import may remain.
-                let name = node.meta().name.clone();
+                let (parent, name) = {
+                    let meta = node.meta();
+                    (meta.parent, meta.name.clone())
+                };
                 let mut inodes = self.inodes();
-                if inodes.import(&name).is_some_and(|n| n.ino == node.ino) {
-                    inodes.unlink_import(&name);
+                if inodes
+                    .import(parent, &name)
+                    .is_some_and(|n| n.ino == node.ino)
+                {
+                    inodes.unlink_import(parent, &name);
                 }
                 Err(errno)
             }

@@ -5,6 +5,7 @@
 pub mod ext4;
 pub mod inproc;
 pub mod ns;
+pub mod tree;
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
