@@ -1,6 +1,8 @@
 //! The `dfcache` command line: one file per subcommand.
 
+pub mod completions;
 pub mod export;
+pub mod flags;
 pub mod import;
 pub mod ls;
 pub mod mount;
@@ -8,7 +10,6 @@ pub mod progress;
 pub mod rm;
 pub mod serve;
 pub mod stat;
-pub mod units;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +76,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Mount tasks/ and import/ at a directory (stays in the foreground).
     Mount(mount::MountArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// How a transfer reaches the daemon; shared by import and export.
@@ -134,7 +137,7 @@ impl TaskArgs {
 }
 
 pub fn parse_piece_length(s: &str) -> Result<u64, String> {
-    let n = units::parse_size(s)?;
+    let n = flags::parse_size(s)?;
     if n < MIN_PIECE_LENGTH {
         return Err(format!("piece length {s} is below the minimum of 4mib"));
     }
@@ -142,12 +145,12 @@ pub fn parse_piece_length(s: &str) -> Result<u64, String> {
 }
 
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let ttl = units::parse_duration(s)?;
+    let ttl = flags::parse_duration(s)?;
     check_ttl(ttl, MIN_TTL).map_err(|_| format!("ttl {s} is outside the allowed range of 5m to 7d"))
 }
 
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    units::parse_duration(s)
+    flags::parse_duration(s)
 }
 
 impl GlobalArgs {
@@ -168,5 +171,5 @@ pub async fn with_timeout<T>(
 ) -> anyhow::Result<T> {
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| anyhow::anyhow!("timed out after {}", units::format_duration(timeout)))?
+        .map_err(|_| anyhow::anyhow!("timed out after {}", flags::format_duration(timeout)))?
 }

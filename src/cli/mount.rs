@@ -19,8 +19,8 @@ use dfcache::grpc::server::{serve, ServeOptions};
 use dfcache::mapping::PathMapper;
 use dfcache::store::Store;
 
+use super::flags::parse_size;
 use super::serve::shutdown_signal;
-use super::units::parse_size;
 use super::{parse_timeout, GlobalArgs, TaskArgs};
 
 #[derive(Debug, Args)]
