@@ -5,7 +5,8 @@
 //! - [`store`]: the embedded daemon's on-disk task store;
 //! - [`mapping`]: container/host path mapping;
 //! - [`digest`]: export digests;
-//! - [`direct_io`]: reads and writes around the page cache.
+//! - [`direct_io`]: reads and writes around the page cache;
+//! - [`metrics`]: Prometheus families and their `/metrics` endpoint.
 
 pub mod digest;
 pub mod direct_io;
@@ -13,4 +14,5 @@ pub mod domain;
 pub mod fs;
 pub mod grpc;
 pub mod mapping;
+pub mod metrics;
 pub mod store;

@@ -164,6 +164,40 @@ impl GlobalArgs {
     }
 }
 
+/// `--metrics-addr`: HOST:PORT, as a TCP listener takes it (`0.0.0.0:9464`,
+/// `localhost:9464`, `[::1]:9464`; port 0 picks a free one).
+pub fn parse_metrics_addr(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not HOST:PORT, like 127.0.0.1:9464")),
+    }
+}
+
+/// Serves the `exposed` families at `http://ADDR/metrics` when asked to;
+/// the endpoint lives as long as the returned server.
+pub async fn start_metrics(
+    addr: Option<&str>,
+    exposed: dfcache::metrics::Exposed,
+    refresh: Vec<dfcache::metrics::Refresh>,
+) -> anyhow::Result<Option<dfcache::metrics::MetricsServer>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let registry = dfcache::metrics::registry(exposed);
+    Ok(Some(
+        dfcache::metrics::serve_metrics(addr, registry, refresh).await?,
+    ))
+}
+
+/// Reads the store's task count, bytes and free space before a scrape.
+pub fn store_refresh(store: &dfcache::store::Store) -> dfcache::metrics::Refresh {
+    let store = store.clone();
+    std::sync::Arc::new(move || {
+        let (tasks, bytes, free) = store.usage();
+        dfcache::metrics::daemon().store_state(tasks, bytes, free);
+    })
+}
+
 /// Runs `fut` under `timeout`, turning expiry into an error.
 pub async fn with_timeout<T>(
     timeout: Duration,

@@ -12,11 +12,13 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use dfcache::fs::attr::Owner;
+use dfcache::fs::daemon::metered::Metered;
 use dfcache::fs::passthrough::PassthroughMode;
 use dfcache::fs::{DfcacheFs, FsConfig, MountSettings};
 use dfcache::grpc::client::{Client, Deadlines};
 use dfcache::grpc::server::{serve, ServeOptions};
 use dfcache::mapping::PathMapper;
+use dfcache::metrics::Exposed;
 use dfcache::store::Store;
 
 use super::flags::parse_size;
@@ -72,6 +74,9 @@ pub struct MountArgs {
         env = "DFCACHE_PASSTHROUGH"
     )]
     pub passthrough: PassthroughMode,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless set).
+    #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::parse_metrics_addr)]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub task: TaskArgs,
 }
@@ -116,6 +121,16 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
     // The embedded store's content files are on this machine: opens of
     // tasks pass through to them.
     let local_store = daemon.as_ref().map(|d| d.store.clone());
+    // With --embedded the daemon's families are this process's too.
+    let exposed = Exposed {
+        mount: true,
+        daemon: daemon.is_some(),
+    };
+    let refresh = daemon
+        .iter()
+        .map(|d| super::store_refresh(&d.store))
+        .collect();
+    let _metrics = super::start_metrics(args.metrics_addr.as_deref(), exposed, refresh).await?;
     // Every daemon call of the mount is bounded by --fetch-timeout: a frozen
     // daemon must not hang the programs (and kubelet) touching the mount.
     let client =
@@ -156,7 +171,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         task_cache_size: args.task_cache_size,
         owner,
     };
-    let mut fs = DfcacheFs::new(Arc::new(client), config);
+    let mut fs = DfcacheFs::new(Arc::new(Metered::new(client)), config);
     if let Some(store) = local_store {
         fs = fs.with_local_content(Arc::new(store));
     }

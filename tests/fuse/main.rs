@@ -12,6 +12,7 @@ mod faults;
 mod import;
 mod legacy;
 mod legacy_reads;
+mod metrics;
 mod misc;
 mod passthrough;
 mod read;

@@ -223,6 +223,7 @@ impl TaskFiles {
             task: task.clone(),
         };
         let span = tracing::info_span!("download", task_id = %task.id);
+        crate::metrics::mount().task_download_started();
         let handle = tokio::spawn(job.run(way, self.link_failed.clone()).instrument(span));
         let _ = download.task.set(handle.abort_handle());
         download
