@@ -11,7 +11,7 @@ use clap::Args;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use dfcache::fs::attr::Owner;
+use dfcache::fs::attr::{Modes, Owner};
 use dfcache::fs::daemon::metered::Metered;
 use dfcache::fs::passthrough::PassthroughMode;
 use dfcache::fs::{DfcacheFs, FsConfig, MountSettings};
@@ -47,9 +47,24 @@ pub struct MountArgs {
     /// Container-to-host prefixes for paths handed to the daemon (the spool).
     #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = super::parse_mapping_arg, default_value = "")]
     pub path_mapping: PathMapper,
-    /// Let other users use the mount.
+    /// Let other users use the mount, within --file-mode and --dir-mode
+    /// (the kernel checks them). A user other than root needs
+    /// `user_allow_other` in /etc/fuse.conf.
     #[arg(long)]
     pub allow_other: bool,
+    /// Owner of the mount's files and directories [default: the mounting user].
+    #[arg(long, env = "DFCACHE_UID")]
+    pub uid: Option<u32>,
+    /// Group of the mount's files and directories [default: the mounting user's group].
+    #[arg(long, env = "DFCACHE_GID")]
+    pub gid: Option<u32>,
+    /// Permission bits of tasks/<id>, in octal (write bits are dropped: tasks are read-only).
+    #[arg(long, default_value = "0444", value_parser = super::serve::parse_mode, env = "DFCACHE_FILE_MODE")]
+    pub file_mode: u32,
+    /// Permission bits of import/, in octal (its write bits say who may
+    /// import); the root and tasks/ get the same without write bits.
+    #[arg(long, default_value = "0755", value_parser = super::serve::parse_mode, env = "DFCACHE_DIR_MODE")]
+    pub dir_mode: u32,
     /// Bound on every daemon call: a lookup, listing or stat the daemon does
     /// not answer in this long fails with ETIMEDOUT, and so does a read or
     /// import whose transfer makes no progress for this long.
@@ -151,13 +166,17 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
             "cannot ask the daemon whether it streams yet; asking again when it first answers"
         ),
     }
-    // Owner of the fixed entries: the user running the mount.
+    // Owner of the mount's own entries: the user running the mount,
+    // unless told otherwise.
     // SAFETY: getuid/getgid cannot fail.
-    let owner = unsafe {
-        Owner {
-            uid: libc::getuid(),
-            gid: libc::getgid(),
-        }
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let owner = Owner {
+        uid: args.uid.unwrap_or(uid),
+        gid: args.gid.unwrap_or(gid),
+    };
+    let modes = Modes {
+        file: args.file_mode as u16,
+        dir: args.dir_mode as u16,
     };
     let config = FsConfig {
         cache_size: args.cache_size,
@@ -170,6 +189,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         negative_ttl: Duration::from_secs(5),
         task_cache_size: args.task_cache_size,
         owner,
+        modes,
     };
     let mut fs = DfcacheFs::new(Arc::new(Metered::new(client)), config);
     if let Some(store) = local_store {

@@ -59,7 +59,7 @@ fn parse_max_imports(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is not a number of imports from 1 to 4096"))
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
+pub(super) fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)

@@ -17,3 +17,4 @@ mod misc;
 mod passthrough;
 mod read;
 mod scale;
+mod unprivileged;
