@@ -7,6 +7,7 @@ mod common;
 mod harness;
 
 mod concurrency;
+mod deploy_probes;
 mod failures;
 mod faults;
 mod import;
