@@ -38,7 +38,8 @@ pub enum MountError {
          the kernel creates it; a container may have made it 0600: chmod 0666 /dev/fuse)"
     )]
     DevFuseClosed { path: std::path::PathBuf },
-    #[error("mount {path}: {source}")]
+    // The cause is the source: the CLI prints the chain ("mount P: cause").
+    #[error("mount {path}")]
     Mount {
         path: std::path::PathBuf,
         #[source]
