@@ -156,3 +156,58 @@ fn a_mount_with_an_embedded_daemon_exposes_both_and_only_metrics_is_served() {
     ));
     assert_eq!(status, "404");
 }
+
+#[test]
+fn against_a_released_daemon_spooled_imports_and_whole_task_downloads_are_counted() {
+    let root = tempdir();
+    let addr = free_addr();
+    let daemon = Daemon::start_with(root.path(), &["--legacy"]);
+    let spool = root.path().join("spool");
+    let m = Mounted::on(
+        &daemon,
+        root.path(),
+        &[
+            "--spool",
+            spool.to_str().unwrap(),
+            "--metrics-addr",
+            &addr,
+            "--piece-length",
+            "4mib",
+        ],
+    );
+    let before = scrape(&addr);
+    let len = 6 * MIB + 1;
+    let src = root.path().join("src.bin");
+    write_file(&src, len, 21);
+    sh_ok(&format!("cp {} {}", q(&src), q(&m.import("f"))));
+    let id = task_id_xattr(&m.import("f"));
+    let imported = scrape(&addr);
+    // A fresh mount knows nothing cached: its cat downloads the whole task.
+    drop(m);
+    let m = Mounted::on(
+        &daemon,
+        root.path(),
+        &["--spool", spool.to_str().unwrap(), "--metrics-addr", &addr],
+    );
+    let fresh = scrape(&addr);
+    sh_ok(&format!("cmp {} {}", q(&src), q(&m.task(&id))));
+    let after = scrape(&addr);
+
+    // The first mount: the import went through the spool and the upload RPC.
+    let first = |key: &str| delta(&before, &imported, key);
+    assert_eq!(first("dfcache_spool_written_bytes_total"), len as f64);
+    assert_eq!(first("dfcache_imports_finished_total"), 1.0);
+    assert_eq!(
+        first(r#"dfcache_daemon_calls_total{rpc="UploadPersistentCacheTask",code="OK"}"#),
+        1.0
+    );
+    // The second: one whole-task download of the task's bytes, no range reads.
+    let moved = |key: &str| delta(&fresh, &after, key);
+    assert_eq!(moved("dfcache_task_downloads_total"), 1.0);
+    assert_eq!(moved("dfcache_spool_written_bytes_total"), len as f64);
+    assert_eq!(
+        moved(r#"dfcache_daemon_calls_total{rpc="DownloadPersistentCacheTask",code="OK"}"#),
+        1.0
+    );
+    assert_eq!(moved("dfcache_piece_cache_misses_total"), 0.0);
+}
