@@ -110,10 +110,10 @@ fn a_cp_and_a_cat_move_the_mount_and_daemon_counters_by_what_they_did() {
         moved(r#"dfcache_daemon_calls_total{rpc="WritePersistentCacheTask",code="OK"}"#),
         1.0
     );
-    assert_eq!(
-        moved(r#"dfcache_daemon_calls_total{rpc="ReadPersistentCacheTask",code="OK"}"#),
-        3.0
-    );
+    // Three piece fetches, plus a range read for any read the kernel sent
+    // out of order before its piece was asked for (not sequential yet).
+    let reads = moved(r#"dfcache_daemon_calls_total{rpc="ReadPersistentCacheTask",code="OK"}"#);
+    assert!(reads >= 3.0, "{reads} range reads");
     assert_eq!(moved("dfcache_task_downloads_total"), 0.0);
     assert_eq!(value(&mount1, "dfcache_fuse_passthrough_opens_total"), 0.0);
     assert!(mount1.contains_key("dfcache_readahead_window_bytes"));
@@ -127,9 +127,10 @@ fn a_cp_and_a_cat_move_the_mount_and_daemon_counters_by_what_they_did() {
         served(r#"dfcache_daemon_rpcs_total{method="WritePersistentCacheTask",code="OK"}"#),
         1.0
     );
+    // The daemon saw exactly the reads the mount made.
     assert_eq!(
         served(r#"dfcache_daemon_rpcs_total{method="ReadPersistentCacheTask",code="OK"}"#),
-        3.0
+        reads
     );
     assert_eq!(value(&daemon1, "dfcache_store_tasks"), 1.0);
     assert_eq!(value(&daemon1, "dfcache_store_stored_bytes"), len as f64);
