@@ -62,6 +62,7 @@ pub struct MountMetrics {
     daemon_calls: Family<RpcCode, Counter>,
     daemon_latency: Histograms<Rpc>,
     task_downloads: Counter,
+    task_download_bytes: Gauge,
     spool_bytes: Counter,
 }
 
@@ -108,6 +109,7 @@ impl MountMetrics {
             daemon_calls: Family::default(),
             daemon_latency: Family::new_with_constructor(latency_histogram),
             task_downloads: Counter::default(),
+            task_download_bytes: Gauge::default(),
             spool_bytes: Counter::default(),
         }
     }
@@ -205,8 +207,14 @@ impl MountMetrics {
             self.task_downloads.clone(),
         );
         r.register_with_unit(
+            "dfcache_task_downloads_held",
+            "Bytes of whole-task downloads kept in the spool (at most --task-cache-size)",
+            Unit::Bytes,
+            self.task_download_bytes.clone(),
+        );
+        r.register_with_unit(
             "dfcache_spool_written",
-            "Bytes written into the spool directory (spooled imports, downloaded pieces)",
+            "Bytes the mount wrote into the spool (spooled imports, downloaded piece content; not files the daemon linked there)",
             Unit::Bytes,
             self.spool_bytes.clone(),
         );
@@ -275,6 +283,11 @@ impl MountMetrics {
 
     pub fn task_download_started(&self) {
         self.task_downloads.inc();
+    }
+
+    pub fn task_downloads_hold(&self, bytes: u64) {
+        self.task_download_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn spool_written(&self, bytes: u64) {

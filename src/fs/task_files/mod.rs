@@ -196,6 +196,7 @@ impl TaskFiles {
         let download = self.start(task);
         state.bytes += task.content_length;
         state.downloads.put(task.id.clone(), download.clone());
+        crate::metrics::mount().task_downloads_hold(state.bytes);
         Ok(download)
     }
 
