@@ -62,3 +62,27 @@ fn a_duration_without_a_unit_is_refused_before_any_daemon_call() {
     ));
     assert!(err.contains("is not a duration"), "{err}");
 }
+
+#[test]
+fn a_metrics_address_without_a_port_is_refused_and_a_taken_one_is_reported() {
+    let root = tempdir();
+    let serve = |addr: &str| {
+        std::process::Command::new(common::bin())
+            .args(["serve", "--socket"])
+            .arg(root.path().join("d.sock"))
+            .arg("--dir")
+            .arg(root.path().join("store"))
+            .args(["--metrics-addr", addr])
+            .output()
+            .expect("run dfcache serve")
+    };
+    let err = failure(&serve("localhost"));
+    assert!(err.contains("is not HOST:PORT"), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let err = failure(&serve(&addr));
+    assert!(
+        err.contains(&format!("cannot listen for metrics on {addr}")),
+        "{err}"
+    );
+}
