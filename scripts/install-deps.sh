@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test dfcache: FUSE 3
-# (fusermount3 and /dev/fuse access), getfattr, and the programs the tests
+# (fusermount3, setuid root, for mounts by users other than root; and
+# /dev/fuse access), getfattr, and the programs the tests
 # and benchmarks drive. Needs root (or sudo) for apt-get; a no-op when
 # everything is present.
 set -euo pipefail
@@ -12,6 +13,11 @@ command -v mountpoint > /dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
 command -v python3 > /dev/null || need+=(python3)
 command -v rsync > /dev/null || need+=(rsync)
+# The metrics tests scrape with curl; the unprivileged-mount tests make a
+# user (useradd) and run as it (setpriv).
+command -v curl > /dev/null || need+=(curl)
+command -v useradd > /dev/null || need+=(passwd)
+command -v setpriv > /dev/null || need+=(util-linux)
 # The power-loss tests put a store on a loop-mounted ext4 image.
 command -v mkfs.ext4 > /dev/null || need+=(e2fsprogs)
 command -v losetup > /dev/null || need+=(mount)

@@ -6,6 +6,7 @@
 //! - [`mapping`]: container/host path mapping;
 //! - [`digest`]: export digests;
 //! - [`direct_io`]: reads and writes around the page cache;
+//! - [`metrics`]: Prometheus families and their `/metrics` endpoint;
 //! - [`tree`]: directory trees as manifests of tasks.
 
 pub mod digest;
@@ -14,5 +15,6 @@ pub mod domain;
 pub mod fs;
 pub mod grpc;
 pub mod mapping;
+pub mod metrics;
 pub mod store;
 pub mod tree;

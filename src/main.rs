@@ -53,6 +53,7 @@ fn main() -> std::process::ExitCode {
             Command::Rm(args) => cli::rm::run(global, args).await,
             Command::Serve(args) => cli::serve::run(args).await,
             Command::Mount(args) => cli::mount::run(global, args).await,
+            Command::Completions(args) => cli::completions::run(args),
         }
     });
     match result {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::inproc::{write_bytes, Running};
 use common::{id_of, Rng};
-use dfcache::fs::attr::Owner;
+use dfcache::fs::attr::{Modes, Owner};
 use dfcache::fs::inodes::{IMPORT_INO, TASKS_INO};
 use dfcache::fs::{DfcacheFs, Errno, FsConfig, TASK_ID_XATTR};
 use dfcache::grpc::client::ImportOptions;
@@ -44,6 +44,7 @@ fn config() -> FsConfig {
         negative_ttl: Duration::from_secs(5),
         task_cache_size: 1 << 30,
         owner: Owner { uid: 0, gid: 0 },
+        modes: Modes::default(),
     }
 }
 

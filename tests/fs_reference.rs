@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use dfcache::domain::task_id::{TaskIdHasher, TaskIdInputs};
-use dfcache::fs::attr::{Owner, SetAttr};
+use dfcache::fs::attr::{Modes, Owner, SetAttr};
 use dfcache::fs::daemon::fake::{Call, FakeDaemon, Fault};
 use dfcache::fs::daemon::{Code, ImportOptions};
 use dfcache::fs::inodes::IMPORT_INO;
@@ -423,6 +423,7 @@ impl Real {
             negative_ttl: Duration::from_secs(5),
             task_cache_size: 1 << 30,
             owner: Owner { uid: 0, gid: 0 },
+            modes: Modes::default(),
         };
         Real {
             fs: DfcacheFs::new(fake.clone(), config),

@@ -1,53 +1,203 @@
-//! The README's Kubernetes manifests parse as YAML, have the kinds the
-//! README says, and are consistent: the dfdaemon socket directory is a
-//! hostPath mounted where DFCACHE_ENDPOINT points, and every
-//! DFCACHE_PATH_MAPPING entry maps a mounted volume's mountPath to that
-//! volume's hostPath.
+//! The deployment files in deploy/ are what the README points at, and are
+//! consistent: the Kubernetes manifests parse as YAML and have the kinds
+//! the README says; the dfdaemon socket directory is a hostPath mounted
+//! where DFCACHE_ENDPOINT points; every DFCACHE_PATH_MAPPING entry maps a
+//! mounted volume's mountPath to that volume's hostPath; the node
+//! DaemonSet unmounts in preStop and probes its mount point; the
+//! Dockerfile is multi-stage with fusermount3 in the final image; the
+//! systemd unit unmounts on stop, restarts on failure and passes
+//! `systemd-analyze verify`. Every dfcache flag the files use exists.
+//! (tests/fuse/deploy_probes.rs runs the probe and the preStop hook
+//! against real mounts.)
 
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{bin, succeeded, tempdir};
+
 const CHECK: &str = r###"
-import sys, yaml
-text = open(sys.argv[1]).read()
-section = text.split("## Running in Kubernetes", 1)[1].split("\n## ", 1)[0]
-blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
-docs = [d for b in blocks for d in yaml.safe_load_all(b) if d]
-kinds = [d["kind"] for d in docs]
-assert kinds == ["Pod", "Pod", "DaemonSet"], kinds
-for doc in docs:
-    spec = doc["spec"]["template"]["spec"] if doc["kind"] == "DaemonSet" else doc["spec"]
+import os, sys, yaml
+root = sys.argv[1]
+readme = open(os.path.join(root, "README.md")).read()
+kdir = os.path.join(root, "deploy", "kubernetes")
+expected = {"cli-pod.yaml": "Pod", "sidecar-pod.yaml": "Pod", "node-daemonset.yaml": "DaemonSet"}
+assert sorted(os.listdir(kdir)) == sorted(expected), os.listdir(kdir)
+for name, kind in sorted(expected.items()):
+    assert "deploy/kubernetes/" + name in readme, (name, "is not referenced by the README")
+    docs = [d for d in yaml.safe_load_all(open(os.path.join(kdir, name))) if d]
+    assert [d["kind"] for d in docs] == [kind], (name, docs)
+    doc = docs[0]
+    spec = doc["spec"]["template"]["spec"] if kind == "DaemonSet" else doc["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     for c in spec["containers"]:
         env = {e["name"]: e["value"] for e in c.get("env", [])}
-        mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", [])}
+        mounts = {m["mountPath"]: (volumes[m["name"]], m) for m in c.get("volumeMounts", [])}
         if "DFCACHE_ENDPOINT" in env:
             sock_dir = env["DFCACHE_ENDPOINT"].rsplit("/", 1)[0]
-            assert mounts[sock_dir]["hostPath"]["path"] == "/var/run/dragonfly", (doc["metadata"], c["name"])
+            assert mounts[sock_dir][0]["hostPath"]["path"] == "/var/run/dragonfly", (name, c["name"])
         for entry in filter(None, env.get("DFCACHE_PATH_MAPPING", "").split(",")):
             container, host = entry.split(":")
-            assert container in mounts, (c["name"], container, "is not a mounted volume")
-            assert mounts[container]["hostPath"]["path"] == host, (c["name"], entry)
-        if "mount" in c.get("command", []):
-            assert c["securityContext"]["privileged"], c["name"]
-print(len(docs), "manifests checked")
+            assert container in mounts, (name, c["name"], container, "is not a mounted volume")
+            assert mounts[container][0]["hostPath"]["path"] == host, (name, c["name"], entry)
+        command = c.get("command", [])
+        if command[:2] != ["dfcache", "mount"]:
+            continue
+        assert c["securityContext"]["privileged"], (name, c["name"])
+        mountpoint = command[2]
+        # The mount reaches the app (or the node) only through a volume
+        # mounted at or above it with bidirectional propagation.
+        shared = [m for path, (_, m) in mounts.items()
+                  if mountpoint == path or mountpoint.startswith(path.rstrip("/") + "/")]
+        assert shared and shared[0].get("mountPropagation") == "Bidirectional", (name, shared)
+        for arg in command:
+            if arg.startswith("--"):
+                print("mount-flag", arg)
+        if kind == "DaemonSet":
+            probe = c["livenessProbe"]["exec"]["command"]
+            assert any(a.startswith(mountpoint + "/") for a in probe), ("probe", probe)
+            stop = c["lifecycle"]["preStop"]["exec"]["command"]
+            assert stop[0] in ("fusermount3", "umount") and stop[-1] == mountpoint, ("preStop", stop)
+print("checked", len(expected), "manifests")
 "###;
 
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn deploy(rel: &str) -> PathBuf {
+    root().join("deploy").join(rel)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `dfcache mount --help`: every flag a file uses must be in it.
+fn mount_help() -> String {
+    let out = Command::new(bin())
+        .args(["mount", "--help"])
+        .output()
+        .expect("run dfcache mount --help");
+    succeeded(&out, "dfcache mount --help")
+}
+
+fn assert_mount_flags_exist(flags: &[&str], what: &str) {
+    let help = mount_help();
+    for flag in flags {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{what} uses {flag}, which `dfcache mount` does not have"
+        );
+    }
+}
+
 #[test]
-fn readme_manifests_parse_and_are_consistent() {
-    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+fn the_kubernetes_manifests_parse_are_consistent_and_use_real_flags() {
     let out = Command::new("python3")
         .arg("-c")
         .arg(CHECK)
-        .arg(readme)
+        .arg(root())
         .output()
         .expect("run python3");
+    let stdout = succeeded(&out, "the manifest check");
+    assert!(stdout.ends_with("checked 3 manifests"), "{stdout}");
+    let flags: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("mount-flag "))
+        .collect();
+    assert!(flags.contains(&"--allow-other"), "{flags:?}");
+    assert_mount_flags_exist(&flags, "a manifest");
+}
+
+#[test]
+fn the_dockerfile_builds_in_one_stage_and_ships_dfcache_with_fusermount3_in_another() {
+    let text = read(&deploy("Dockerfile"));
+    let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert!(stages[0].ends_with(" AS build"), "{}", stages[0]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !stages[1].contains("rust"),
+        "the final image needs no toolchain"
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "3 manifests checked"
+    let (build, run) = text.split_at(text.find(stages[1]).unwrap_or(0));
+    assert!(build.contains("cargo build --release --locked"), "{build}");
+    assert!(
+        run.contains("install -y --no-install-recommends fuse3"),
+        "{run}"
+    );
+    assert!(run.contains("rm -rf /var/lib/apt/lists/*"), "{run}");
+    assert!(
+        run.contains("COPY --from=build /src/target/release/dfcache /usr/local/bin/dfcache"),
+        "{run}"
+    );
+    let ignored = read(&deploy("Dockerfile.dockerignore"));
+    assert!(ignored.lines().any(|l| l == "target/"), "{ignored}");
+    assert!(read(&root().join("README.md")).contains("deploy/Dockerfile"));
+}
+
+/// `key=value` lines of a unit's section.
+fn section<'a>(unit: &'a str, name: &str) -> Vec<(&'a str, &'a str)> {
+    let header = format!("[{name}]");
+    unit.lines()
+        .skip_while(|l| l.trim() != header)
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_mounts_unmounts_on_stop_and_restarts_on_failure() {
+    let path = deploy("systemd/dfcache-mount.service");
+    let unit = read(&path);
+    let service = section(&unit, "Service");
+    let get = |key: &str| {
+        service
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {key}= in [Service]"))
+    };
+    let start: Vec<&str> = get("ExecStart").split_whitespace().collect();
+    assert_eq!(&start[..2], ["/usr/local/bin/dfcache", "mount"]);
+    let mountpoint = start[2];
+    let stop: Vec<&str> = get("ExecStop").split_whitespace().collect();
+    assert_eq!(stop, ["/usr/bin/fusermount3", "-u", "-z", mountpoint]);
+    assert_eq!(get("Restart"), "on-failure");
+    let flags: Vec<&str> = start
+        .iter()
+        .copied()
+        .filter(|a| a.starts_with("--"))
+        .collect();
+    assert_mount_flags_exist(&flags, "the systemd unit");
+    assert!(section(&unit, "Install").contains(&("WantedBy", "multi-user.target")));
+    assert!(read(&root().join("README.md")).contains("deploy/systemd/dfcache-mount.service"));
+
+    // systemd's own check, where systemd is installed, with the binary
+    // where the unit expects it replaced by the one under test.
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze not installed: skipping `systemd-analyze verify`");
+        return;
+    }
+    let dir = tempdir();
+    let copy = dir.path().join("dfcache-mount.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/dfcache", bin())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("run systemd-analyze");
+    succeeded(&out, "systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("dfcache-mount.service"),
+        "systemd-analyze complains: {stderr}"
     );
 }

@@ -4,8 +4,8 @@ use clap::Args;
 
 use dfcache::domain::ttl::duration_from_proto;
 
+use super::flags::{format_duration, format_size};
 use super::stat::age;
-use super::units::{format_duration, format_size};
 use super::GlobalArgs;
 
 #[derive(Debug, Args)]

@@ -1,6 +1,8 @@
 //! The `dfcache` command line: one file per subcommand.
 
+pub mod completions;
 pub mod export;
+pub mod flags;
 pub mod import;
 pub mod ls;
 pub mod mount;
@@ -10,7 +12,6 @@ pub mod serve;
 pub mod stat;
 pub mod tree;
 mod tree_fetch;
-pub mod units;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +78,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Mount tasks/ and import/ at a directory (stays in the foreground).
     Mount(mount::MountArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// How a transfer reaches the daemon; shared by import and export.
@@ -136,7 +139,7 @@ impl TaskArgs {
 }
 
 pub fn parse_piece_length(s: &str) -> Result<u64, String> {
-    let n = units::parse_size(s)?;
+    let n = flags::parse_size(s)?;
     if n < MIN_PIECE_LENGTH {
         return Err(format!("piece length {s} is below the minimum of 4mib"));
     }
@@ -144,12 +147,12 @@ pub fn parse_piece_length(s: &str) -> Result<u64, String> {
 }
 
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let ttl = units::parse_duration(s)?;
+    let ttl = flags::parse_duration(s)?;
     check_ttl(ttl, MIN_TTL).map_err(|_| format!("ttl {s} is outside the allowed range of 5m to 7d"))
 }
 
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    units::parse_duration(s)
+    flags::parse_duration(s)
 }
 
 impl GlobalArgs {
@@ -163,6 +166,40 @@ impl GlobalArgs {
     }
 }
 
+/// `--metrics-addr`: HOST:PORT, as a TCP listener takes it (`0.0.0.0:9464`,
+/// `localhost:9464`, `[::1]:9464`; port 0 picks a free one).
+pub fn parse_metrics_addr(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not HOST:PORT, like 127.0.0.1:9464")),
+    }
+}
+
+/// Serves the `exposed` families at `http://ADDR/metrics` when asked to;
+/// the endpoint lives as long as the returned server.
+pub async fn start_metrics(
+    addr: Option<&str>,
+    exposed: dfcache::metrics::Exposed,
+    refresh: Vec<dfcache::metrics::Refresh>,
+) -> anyhow::Result<Option<dfcache::metrics::MetricsServer>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let registry = dfcache::metrics::registry(exposed);
+    Ok(Some(
+        dfcache::metrics::serve_metrics(addr, registry, refresh).await?,
+    ))
+}
+
+/// Reads the store's task count, bytes and free space before a scrape.
+pub fn store_refresh(store: &dfcache::store::Store) -> dfcache::metrics::Refresh {
+    let store = store.clone();
+    std::sync::Arc::new(move || {
+        let (tasks, bytes, free) = store.usage();
+        dfcache::metrics::daemon().store_state(tasks, bytes, free);
+    })
+}
+
 /// Runs `fut` under `timeout`, turning expiry into an error.
 pub async fn with_timeout<T>(
     timeout: Duration,
@@ -170,5 +207,5 @@ pub async fn with_timeout<T>(
 ) -> anyhow::Result<T> {
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| anyhow::anyhow!("timed out after {}", units::format_duration(timeout)))?
+        .map_err(|_| anyhow::anyhow!("timed out after {}", flags::format_duration(timeout)))?
 }

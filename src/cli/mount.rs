@@ -11,16 +11,18 @@ use clap::Args;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use dfcache::fs::attr::Owner;
+use dfcache::fs::attr::{Modes, Owner};
+use dfcache::fs::daemon::metered::Metered;
 use dfcache::fs::passthrough::PassthroughMode;
 use dfcache::fs::{DfcacheFs, FsConfig, MountSettings};
 use dfcache::grpc::client::{Client, Deadlines};
 use dfcache::grpc::server::{serve, ServeOptions};
 use dfcache::mapping::PathMapper;
+use dfcache::metrics::Exposed;
 use dfcache::store::Store;
 
+use super::flags::parse_size;
 use super::serve::shutdown_signal;
-use super::units::parse_size;
 use super::{parse_timeout, GlobalArgs, TaskArgs};
 
 #[derive(Debug, Args)]
@@ -45,9 +47,24 @@ pub struct MountArgs {
     /// Container-to-host prefixes for paths handed to the daemon (the spool).
     #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = super::parse_mapping_arg, default_value = "")]
     pub path_mapping: PathMapper,
-    /// Let other users use the mount.
+    /// Let other users use the mount, within --file-mode and --dir-mode
+    /// (the kernel checks them). A user other than root needs
+    /// `user_allow_other` in /etc/fuse.conf.
     #[arg(long)]
     pub allow_other: bool,
+    /// Owner of the mount's files and directories [default: the mounting user].
+    #[arg(long, env = "DFCACHE_UID")]
+    pub uid: Option<u32>,
+    /// Group of the mount's files and directories [default: the mounting user's group].
+    #[arg(long, env = "DFCACHE_GID")]
+    pub gid: Option<u32>,
+    /// Permission bits of tasks/<id>, in octal (write bits are dropped: tasks are read-only).
+    #[arg(long, default_value = "0444", value_parser = super::serve::parse_mode, env = "DFCACHE_FILE_MODE")]
+    pub file_mode: u32,
+    /// Permission bits of import/, in octal (its write bits say who may
+    /// import); the root and tasks/ get the same without write bits.
+    #[arg(long, default_value = "0755", value_parser = super::serve::parse_mode, env = "DFCACHE_DIR_MODE")]
+    pub dir_mode: u32,
     /// Bound on every daemon call: a lookup, listing or stat the daemon does
     /// not answer in this long fails with ETIMEDOUT, and so does a read or
     /// import whose transfer makes no progress for this long.
@@ -72,6 +89,9 @@ pub struct MountArgs {
         env = "DFCACHE_PASSTHROUGH"
     )]
     pub passthrough: PassthroughMode,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless set).
+    #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::parse_metrics_addr)]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub task: TaskArgs,
 }
@@ -116,6 +136,16 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
     // The embedded store's content files are on this machine: opens of
     // tasks pass through to them.
     let local_store = daemon.as_ref().map(|d| d.store.clone());
+    // With --embedded the daemon's families are this process's too.
+    let exposed = Exposed {
+        mount: true,
+        daemon: daemon.is_some(),
+    };
+    let refresh = daemon
+        .iter()
+        .map(|d| super::store_refresh(&d.store))
+        .collect();
+    let _metrics = super::start_metrics(args.metrics_addr.as_deref(), exposed, refresh).await?;
     // Every daemon call of the mount is bounded by --fetch-timeout: a frozen
     // daemon must not hang the programs (and kubelet) touching the mount.
     let client =
@@ -136,13 +166,17 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
             "cannot ask the daemon whether it streams yet; asking again when it first answers"
         ),
     }
-    // Owner of the fixed entries: the user running the mount.
+    // Owner of the mount's own entries: the user running the mount,
+    // unless told otherwise.
     // SAFETY: getuid/getgid cannot fail.
-    let owner = unsafe {
-        Owner {
-            uid: libc::getuid(),
-            gid: libc::getgid(),
-        }
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let owner = Owner {
+        uid: args.uid.unwrap_or(uid),
+        gid: args.gid.unwrap_or(gid),
+    };
+    let modes = Modes {
+        file: args.file_mode as u16,
+        dir: args.dir_mode as u16,
     };
     let config = FsConfig {
         cache_size: args.cache_size,
@@ -155,8 +189,9 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         negative_ttl: Duration::from_secs(5),
         task_cache_size: args.task_cache_size,
         owner,
+        modes,
     };
-    let mut fs = DfcacheFs::new(Arc::new(client), config);
+    let mut fs = DfcacheFs::new(Arc::new(Metered::new(client)), config);
     if let Some(store) = local_store {
         fs = fs.with_local_content(Arc::new(store));
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use dfcache::grpc::server::{serve, Emulation, ServeOptions, DEFAULT_MAX_CONCURRENT_IMPORTS};
+use dfcache::metrics::Exposed;
 use dfcache::store::Store;
 
 use super::parse_timeout;
@@ -45,6 +46,9 @@ pub struct ServeArgs {
         value_parser = parse_max_imports
     )]
     pub max_concurrent_imports: usize,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless set).
+    #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::parse_metrics_addr)]
+    pub metrics_addr: Option<String>,
 }
 
 /// 1 to 4096: zero would block every import forever.
@@ -55,7 +59,7 @@ fn parse_max_imports(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is not a number of imports from 1 to 4096"))
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
+pub(super) fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
@@ -78,6 +82,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_concurrent_imports: args.max_concurrent_imports,
         ..ServeOptions::default()
     };
+    let exposed = Exposed {
+        mount: false,
+        daemon: true,
+    };
+    let refresh = vec![super::store_refresh(&store)];
+    let _metrics = super::start_metrics(args.metrics_addr.as_deref(), exposed, refresh).await?;
     serve(store, &args.socket, options, shutdown_signal())
         .await
         .with_context(|| format!("cannot serve on {}", args.socket.display()))

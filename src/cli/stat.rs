@@ -6,7 +6,7 @@ use clap::Args;
 
 use dfcache::domain::ttl::duration_from_proto;
 
-use super::units::{format_duration, format_size};
+use super::flags::{format_duration, format_size};
 use super::GlobalArgs;
 
 #[derive(Debug, Args)]

@@ -44,12 +44,12 @@ impl Attr {
     }
 
     /// An immutable, read-only task file.
-    pub fn task(ino: u64, size: u64, owner: Owner, time: SystemTime) -> Self {
+    pub fn task(ino: u64, size: u64, owner: Owner, modes: Modes, time: SystemTime) -> Self {
         Self {
             ino,
             kind: Kind::File,
             size,
-            perm: 0o444,
+            perm: modes.task_file(),
             uid: owner.uid,
             gid: owner.gid,
             atime: time,
@@ -65,6 +65,44 @@ impl Attr {
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
+}
+
+/// Permission bits of the mount's own entries (`--file-mode`,
+/// `--dir-mode`, as mountpoint-s3 names them). The kernel enforces them
+/// when the mount has `default_permissions` (with `--allow-other`);
+/// otherwise only the mounting user can reach the mount at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modes {
+    pub file: u16,
+    pub dir: u16,
+}
+
+impl Default for Modes {
+    /// Task files readable by all, import/ writable by its owner only.
+    fn default() -> Self {
+        Modes {
+            file: 0o444,
+            dir: 0o755,
+        }
+    }
+}
+
+impl Modes {
+    /// Task files: never writable, whatever `--file-mode` says (their
+    /// content is immutable; a write bit would only promise EACCES later).
+    pub fn task_file(&self) -> u16 {
+        self.file & !0o222
+    }
+
+    /// import/: as given; its write bits say who may import.
+    pub fn import_dir(&self) -> u16 {
+        self.dir
+    }
+
+    /// The root and tasks/: nothing can be created in them.
+    pub fn read_only_dir(&self) -> u16 {
+        self.dir & !0o222
+    }
 }
 
 /// A change requested by setattr (chmod, chown, utimes, truncate).

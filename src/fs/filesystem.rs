@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::debug;
 
 use crate::domain::task_id::is_task_id;
-use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
+use crate::fs::attr::{Attr, Kind, Modes, Owner, SetAttr};
 use crate::fs::commit_tree::TREE_ID_XATTR;
 use crate::fs::daemon::{ClientError, DaemonClient, ImportOptions, TaskInfo};
 use crate::fs::error::{Errno, FsResult};
@@ -69,7 +69,10 @@ pub struct FsConfig {
     /// Disk bytes for whole-task downloads from a daemon without range
     /// reads (in the spool directory, else the system's temp directory).
     pub task_cache_size: u64,
+    /// Owner of the mount's own entries (the mounting user by default).
     pub owner: Owner,
+    /// Their permission bits.
+    pub modes: Modes,
 }
 
 /// What statfs reports, in blocks of `block_size`.
@@ -183,6 +186,7 @@ impl DfcacheFs {
             task.ino,
             task.geometry.content_length,
             self.config.owner,
+            self.config.modes,
             task.created,
         )
     }
@@ -214,10 +218,10 @@ impl DfcacheFs {
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         match ino {
-            ROOT_INO => Ok(self.dir_attr(ROOT_INO, 0o555)),
-            TASKS_INO => Ok(self.dir_attr(TASKS_INO, 0o555)),
-            IMPORT_INO => Ok(self.dir_attr(IMPORT_INO, 0o755)),
-            TREES_INO => Ok(self.dir_attr(TREES_INO, 0o555)),
+            ROOT_INO => Ok(self.dir_attr(ROOT_INO, self.config.modes.read_only_dir())),
+            TASKS_INO => Ok(self.dir_attr(TASKS_INO, self.config.modes.read_only_dir())),
+            IMPORT_INO => Ok(self.dir_attr(IMPORT_INO, self.config.modes.import_dir())),
+            TREES_INO => Ok(self.dir_attr(TREES_INO, self.config.modes.read_only_dir())),
             _ => match self.node(ino)? {
                 Node::Task(task) => Ok(self.task_attr(&task)),
                 Node::Import(node) => Ok(self.import_attr(&node).await),

@@ -60,7 +60,8 @@ impl FuseAdapter {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let span = tracing::info_span!("fuse", op, ino, task_id = tracing::field::Empty);
-        self.rt.spawn(f(self.fs.clone()).instrument(span));
+        self.rt
+            .spawn(crate::metrics::fuse_ops::observe(op, f(self.fs.clone())).instrument(span));
     }
 }
 
@@ -69,6 +70,7 @@ impl FuseAdapter {
 /// not explain it (the daemon failed, timed out, lacks an RPC), a debug
 /// line for plain answers (ENOENT and the like).
 fn errno(e: Errno) -> FuseErrno {
+    crate::metrics::fuse_ops::replied_error(e.code());
     if e.is_failure() {
         warn!(errno = e.code(), error = %e, "operation failed");
     } else {

@@ -206,6 +206,7 @@ fn ended_errno(ended: &ClientResult<WriteSummary>) -> Errno {
 impl Spool {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
         self.file.write_all_at(data, offset).map_err(FsError::io)?;
+        crate::metrics::mount().spool_written(data.len() as u64);
         self.size = self.size.max(offset + data.len() as u64);
         Ok(())
     }

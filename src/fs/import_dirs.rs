@@ -57,6 +57,7 @@ impl DfcacheFs {
             ctime: now,
             writers: 0,
             linked: true,
+            started: std::time::Instant::now(),
         }
     }
 

@@ -63,6 +63,8 @@ pub struct ImportMeta {
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// When the current import began (its create, or its O_TRUNC reopen).
+    pub started: std::time::Instant,
     /// Open file handles that may write.
     pub writers: u32,
     /// Still has a name in `import/`.

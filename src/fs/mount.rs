@@ -14,7 +14,9 @@ use crate::fs::fuse::FuseAdapter;
 /// How the kernel side of the mount is set up.
 #[derive(Debug, Clone)]
 pub struct MountSettings {
-    /// Let other users use the mount (needs user_allow_other for non-root).
+    /// Let other users use the mount (needs user_allow_other in
+    /// /etc/fuse.conf for a mount by a user other than root); the kernel
+    /// then checks the entries' modes (default_permissions).
     pub allow_other: bool,
     /// Kernel read-ahead for the mount, in KiB (0 leaves the default).
     pub kernel_read_ahead_kb: u32,
@@ -30,7 +32,14 @@ pub enum MountError {
     NotADirectory(std::path::PathBuf),
     #[error("{0} is already a live dfcache mount (unmount it first)")]
     AlreadyMounted(std::path::PathBuf),
-    #[error("mount {path}: {source}")]
+    #[error(
+        "mount {path}: this user cannot open /dev/fuse: a mount by a user other than root \
+         goes through fusermount3 but opens /dev/fuse first, so it must be mode 0666 (as \
+         the kernel creates it; a container may have made it 0600: chmod 0666 /dev/fuse)"
+    )]
+    DevFuseClosed { path: std::path::PathBuf },
+    // The cause is the source: the CLI prints the chain ("mount P: cause").
+    #[error("mount {path}")]
     Mount {
         path: std::path::PathBuf,
         #[source]
@@ -54,10 +63,15 @@ pub fn mount(
     config.mount_options = vec![
         MountOption::FSName("dfcache".into()),
         MountOption::Subtype("dfcache".into()),
-        MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
+    // Without allow_other the kernel lets only the mounting user in, and
+    // the modes are for show; with it, they are what keeps other users
+    // out, so the kernel must check them.
+    if settings.allow_other {
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
     config.acl = if settings.allow_other {
         SessionACL::All
     } else {
@@ -70,15 +84,33 @@ pub fn mount(
         mountpoint,
         &config,
     )
-    .map_err(|source| MountError::Mount {
-        path: mountpoint.to_path_buf(),
-        source,
+    .map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied && !dev_fuse_opens() {
+            return MountError::DevFuseClosed {
+                path: mountpoint.to_path_buf(),
+            };
+        }
+        MountError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        }
     })?;
     if settings.kernel_read_ahead_kb > 0 {
         raise_read_ahead(mountpoint, settings.kernel_read_ahead_kb);
     }
     info!(mountpoint = %mountpoint.display(), "mounted");
     Ok(session)
+}
+
+/// Whether this process may open /dev/fuse, which fuser does before it
+/// falls back to fusermount3 (the kernel refuses the mount itself to a
+/// user other than root).
+fn dev_fuse_opens() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
 }
 
 /// A dfcache that crashed leaves a mount whose every access fails with

@@ -149,6 +149,7 @@ impl PieceCache {
                 lru.bytes -= piece.len() as u64;
             }
         }
+        crate::metrics::mount().cache_holds(lru.bytes);
     }
 
     pub fn cached_bytes(&self) -> u64 {
@@ -230,6 +231,7 @@ impl PieceCache {
         let key: PieceKey = (task.id.clone(), index);
         let mut inflight = self.lock_inflight();
         if let Some(piece) = self.lock_lru().map.get(&key) {
+            crate::metrics::mount().cache_hit();
             return Found::Cached(piece.clone());
         }
         if let Some(flight) = inflight.get(&key) {
@@ -241,6 +243,7 @@ impl PieceCache {
             progress,
         });
         inflight.insert(key.clone(), flight.clone());
+        crate::metrics::mount().cache_miss();
         drop(inflight);
         let cache = self.clone();
         let task = task.clone();
@@ -330,6 +333,7 @@ impl PieceCache {
             .acquire_many(units)
             .await
             .map_err(|_| Errno::EIO)?;
+        let _in_flight = crate::metrics::mount().fetch_in_flight();
         let range = ReadRange {
             offset,
             length: Some(len),
@@ -354,10 +358,14 @@ impl PieceCache {
         lru.bytes += len;
         while lru.bytes > lru.capacity {
             match lru.map.pop_lru() {
-                Some((_, evicted)) => lru.bytes -= evicted.len() as u64,
+                Some((_, evicted)) => {
+                    lru.bytes -= evicted.len() as u64;
+                    crate::metrics::mount().cache_evicted();
+                }
                 None => break,
             }
         }
+        crate::metrics::mount().cache_holds(lru.bytes);
     }
 
     fn lock_lru(&self) -> std::sync::MutexGuard<'_, Lru> {

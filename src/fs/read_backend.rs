@@ -92,6 +92,7 @@ impl PieceReads {
             end - offset,
             max_pieces,
         );
+        crate::metrics::mount().readahead_window(window * task.piece_length);
         // In order, nearest first, while read-ahead slots are free.
         for index in (last + 1..=last + window).take_while(|&i| i < task.piece_count()) {
             if !self.cache.prefetch(task, index) {

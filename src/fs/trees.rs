@@ -203,12 +203,18 @@ impl DfcacheFs {
                 attr
             }
             TreeNode::File(f) => {
-                let mut attr = Attr::task(f.ino, f.size, owner, f.created);
+                let mut attr = Attr::task(f.ino, f.size, owner, self.config.modes, f.created);
                 attr.perm = f.mode & 0o555;
                 attr
             }
             TreeNode::Link(l) => {
-                let mut attr = Attr::task(l.ino, l.target.len() as u64, owner, l.created);
+                let mut attr = Attr::task(
+                    l.ino,
+                    l.target.len() as u64,
+                    owner,
+                    self.config.modes,
+                    l.created,
+                );
                 attr.kind = Kind::Symlink;
                 attr.perm = 0o777;
                 attr

@@ -12,7 +12,7 @@
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -60,6 +60,7 @@ impl DfcacheFs {
             return Ok((self.import_attr(&existing).await, opened));
         }
         let state = self.start_import()?;
+        crate::metrics::mount().import_started();
         let now = SystemTime::now();
         let meta = ImportMeta {
             parent,
@@ -70,6 +71,7 @@ impl DfcacheFs {
             atime: now,
             mtime: now,
             ctime: now,
+            started: Instant::now(),
             writers: 1,
             linked: true,
         };
@@ -123,7 +125,9 @@ impl DfcacheFs {
                 return Err(Errno::EACCES);
             }
             *state = self.start_import()?;
+            crate::metrics::mount().import_started();
             let mut meta = node.meta();
+            meta.started = Instant::now();
             meta.mtime = SystemTime::now();
             meta.perm |= 0o200;
         }
@@ -239,6 +243,8 @@ impl DfcacheFs {
         };
         match outcome {
             Ok(finished) => {
+                let took = node.meta().started.elapsed();
+                crate::metrics::mount().import_finished(finished.content_length, took);
                 ImportState::log_finished(&name, &finished);
                 self.register_task(&finished);
                 *state = ImportState::Finished(finished);
@@ -247,6 +253,7 @@ impl DfcacheFs {
             Err(errno) => {
                 // Logged once, by the adapter, with its cause.
                 info!(name, "import failed; its name is removed from import/");
+                crate::metrics::mount().import_failed();
                 *state = ImportState::Failed(errno.clone());
                 // No file that looks like a finished import may remain.
                 let (parent, name) = {

@@ -98,6 +98,7 @@ pub async fn serve(
         .max_frame_size(GRPC_FRAME_SIZE)
         .initial_stream_window_size(GRPC_STREAM_WINDOW)
         .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+        .layer(crate::metrics::rpc_layer::RpcMetricsLayer)
         .add_service(service(store, &options))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
@@ -346,6 +347,7 @@ impl DfdaemonDownload for Daemon {
             .acquire()
             .await
             .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
+        let _in_flight = crate::metrics::daemon().import_in_flight();
         // Today's dfdaemon links a file on its own file system into its
         // storage instead of copying it; the legacy emulation does too.
         let link = self.emulate == Emulation::Legacy;

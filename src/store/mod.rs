@@ -241,6 +241,18 @@ impl Store {
         Ok(())
     }
 
+    /// Tasks held, their content bytes, and the free bytes of the store's
+    /// disk (None when it cannot be read): what the metrics report.
+    pub fn usage(&self) -> (usize, u64, Option<u64>) {
+        let now = SystemTime::now();
+        let (tasks, bytes) = self
+            .read_tasks()
+            .values()
+            .filter(|t| t.is_live_at(now))
+            .fold((0, 0), |(n, b), t| (n + 1, b + t.content_length));
+        (tasks, bytes, free_bytes(&self.inner.tasks_dir).ok())
+    }
+
     /// Removes every task whose TTL ran out; returns how many.
     pub fn collect_expired(&self) -> usize {
         let _guard = lock(&self.inner.commit);
@@ -279,8 +291,9 @@ impl Store {
             loop {
                 ticker.tick().await;
                 let store = store.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || store.collect_expired()).await {
-                    warn!(error = %e, "task collection failed");
+                match tokio::task::spawn_blocking(move || store.collect_expired()).await {
+                    Ok(collected) => crate::metrics::daemon().gc_ran(collected),
+                    Err(e) => warn!(error = %e, "task collection failed"),
                 }
             }
         })

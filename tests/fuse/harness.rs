@@ -16,6 +16,9 @@ pub struct Mounted {
     /// Mounted in a private mount namespace (the child's): checked and
     /// driven through `nsenter`, and gone with the namespace.
     in_namespace: bool,
+    /// Mounted by another user (a command prefix running as that user):
+    /// without allow_other only that user can look inside.
+    as_user: Vec<String>,
 }
 
 impl Mounted {
@@ -53,6 +56,26 @@ impl Mounted {
         mnt: &Path,
         args: &[impl AsRef<std::ffi::OsStr>],
     ) -> Mounted {
+        Self::spawn(wrapper, !wrapper.is_empty(), mnt, args)
+    }
+
+    /// `dfcache mount mnt ARGS` run by `as_user` (a command prefix that
+    /// runs the rest as another user, such as `setpriv --reuid=...`), in
+    /// the tests' own namespace; `mnt` must be that user's to mount on.
+    pub fn start_as(
+        as_user: &[String],
+        mnt: &Path,
+        args: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Mounted {
+        Self::spawn(as_user, false, mnt, args)
+    }
+
+    fn spawn(
+        wrapper: &[String],
+        in_namespace: bool,
+        mnt: &Path,
+        args: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Mounted {
         let mnt = mnt.to_path_buf();
         std::fs::create_dir_all(&mnt).unwrap();
         let mut command = match wrapper.split_first() {
@@ -79,7 +102,12 @@ impl Mounted {
         let mut m = Mounted {
             child: Some(child),
             mnt,
-            in_namespace: !wrapper.is_empty(),
+            in_namespace,
+            as_user: if in_namespace {
+                Vec::new()
+            } else {
+                wrapper.to_vec()
+            },
         };
         m.wait_mounted();
         m
@@ -96,7 +124,7 @@ impl Mounted {
                     self.sh_ok(&format!("test -d {}", q(&self.path("import"))));
                     return;
                 }
-            } else if is_mounted(&self.mnt) && std::fs::read_dir(self.mnt.join("import")).is_ok() {
+            } else if is_mounted(&self.mnt) && self.import_dir_opens() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -107,6 +135,22 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("{} was not mounted", self.mnt.display());
+    }
+
+    /// Whether import/ opens, for the user who mounted.
+    fn import_dir_opens(&self) -> bool {
+        let import = self.mnt.join("import");
+        match self.as_user.split_first() {
+            None => std::fs::read_dir(import).is_ok(),
+            Some((program, rest)) => Command::new(program)
+                .args(rest)
+                .arg("ls")
+                .arg(import)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -7,12 +7,15 @@ mod common;
 mod harness;
 
 mod concurrency;
+mod deploy_probes;
 mod failures;
 mod faults;
 mod import;
 mod legacy;
 mod legacy_reads;
+mod metrics;
 mod misc;
 mod passthrough;
 mod read;
 mod scale;
+mod unprivileged;

@@ -1,7 +1,8 @@
 //! What the mount needs of a daemon, as a trait: the gRPC client
 //! implements it (`grpc.rs`), and so does an in-memory fake that injects
 //! the faults of the real world (`fake.rs`), so the file system's
-//! semantics are testable without a kernel or a daemon process.
+//! semantics are testable without a kernel or a daemon process;
+//! `metered.rs` counts and times the calls of any of them.
 //!
 //! The trait speaks the client's language (ClientError, WriteSummary):
 //! deadlines, retries of the capability probe and the wire's checks
@@ -10,6 +11,7 @@
 
 pub mod fake;
 mod grpc;
+pub mod metered;
 
 use std::path::Path;
 use std::time::SystemTime;

@@ -91,6 +91,7 @@ impl KernelPassthrough {
         match made {
             Ok(Some(backing)) => {
                 debug!(ino, fh, "opened in passthrough");
+                crate::metrics::mount::passthrough_opened();
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing.id);
             }
             Ok(None) | Err(NoBacking::NoLocalFile) => reply.opened(FileHandle(fh), flags),

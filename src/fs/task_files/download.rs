@@ -163,6 +163,7 @@ impl Job {
             }
             let file = file.clone();
             let offset = piece.offset;
+            crate::metrics::mount().spool_written(piece.length);
             tokio::task::spawn_blocking(move || file.write_all_at(&content, offset))
                 .await
                 .map_err(|e| ClientError::io("write a downloaded piece", std::io::Error::other(e)))?

@@ -196,6 +196,7 @@ impl TaskFiles {
         let download = self.start(task);
         state.bytes += task.content_length;
         state.downloads.put(task.id.clone(), download.clone());
+        crate::metrics::mount().task_downloads_hold(state.bytes);
         Ok(download)
     }
 
@@ -223,6 +224,7 @@ impl TaskFiles {
             task: task.clone(),
         };
         let span = tracing::info_span!("download", task_id = %task.id);
+        crate::metrics::mount().task_download_started();
         let handle = tokio::spawn(job.run(way, self.link_failed.clone()).instrument(span));
         let _ = download.task.set(handle.abort_handle());
         download

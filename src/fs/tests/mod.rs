@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fs::attr::Owner;
+use crate::fs::attr::{Modes, Owner};
 use crate::fs::daemon::fake::FakeDaemon;
 use crate::fs::daemon::ImportOptions;
 use crate::fs::{DfcacheFs, FsConfig};
@@ -36,6 +36,7 @@ fn config() -> FsConfig {
         negative_ttl: Duration::from_secs(5),
         task_cache_size: 1 << 30,
         owner: Owner { uid: 0, gid: 0 },
+        modes: Modes::default(),
     }
 }
 

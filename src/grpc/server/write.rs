@@ -52,6 +52,7 @@ pub async fn handle(
         .acquire()
         .await
         .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
+    let _in_flight = crate::metrics::daemon().import_in_flight();
     let mut writer = store.begin_write(params).map_err(status_of)?;
     loop {
         match next(&mut stream).await {

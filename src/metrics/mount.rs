@@ -1,0 +1,296 @@
+//! The mount's families. Hooks in `fs/` call the methods here, one line
+//! each, through `mount()`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::labels::{errno_name, latency_buckets};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpResult {
+    pub op: &'static str,
+    /// "ok", or the errno's name ("ENOENT").
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Op {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcCode {
+    pub rpc: &'static str,
+    /// The gRPC code's name ("OK", "NotFound"), or "client" for a failure
+    /// on this side of the socket (a spool file that cannot be read).
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rpc {
+    pub rpc: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+pub struct MountMetrics {
+    fuse_ops: Family<OpResult, Counter>,
+    fuse_latency: Histograms<Op>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_evictions: Counter,
+    cache_bytes: Gauge,
+    fetches_in_flight: Gauge,
+    readahead_window: Gauge,
+    passthrough_opens: Counter,
+    imports_started: Counter,
+    imports_finished: Counter,
+    imports_failed: Counter,
+    import_bytes: Counter,
+    import_duration: Histogram,
+    daemon_calls: Family<RpcCode, Counter>,
+    daemon_latency: Histograms<Rpc>,
+    task_downloads: Counter,
+    task_download_bytes: Gauge,
+    spool_bytes: Counter,
+}
+
+static MOUNT: LazyLock<MountMetrics> = LazyLock::new(MountMetrics::new);
+
+/// The process's mount families.
+pub fn mount() -> &'static MountMetrics {
+    &MOUNT
+}
+
+/// Counts a file opened with FUSE passthrough (the kernel reads the
+/// backing file itself): for the passthrough read path.
+pub fn passthrough_opened() {
+    mount().passthrough_opens.inc();
+}
+
+/// Decrements the in-flight fetch gauge when the fetch ends, however it
+/// ends (error, cancellation).
+pub struct InFlight(&'static Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl MountMetrics {
+    fn new() -> Self {
+        Self {
+            fuse_ops: Family::default(),
+            fuse_latency: Family::new_with_constructor(latency_histogram),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_bytes: Gauge::default(),
+            fetches_in_flight: Gauge::default(),
+            readahead_window: Gauge::default(),
+            passthrough_opens: Counter::default(),
+            imports_started: Counter::default(),
+            imports_finished: Counter::default(),
+            imports_failed: Counter::default(),
+            import_bytes: Counter::default(),
+            import_duration: latency_histogram(),
+            daemon_calls: Family::default(),
+            daemon_latency: Family::new_with_constructor(latency_histogram),
+            task_downloads: Counter::default(),
+            task_download_bytes: Gauge::default(),
+            spool_bytes: Counter::default(),
+        }
+    }
+
+    pub(super) fn register(&self, r: &mut Registry) {
+        r.register(
+            "dfcache_fuse_operations",
+            "FUSE operations answered, by operation and result (ok or the errno)",
+            self.fuse_ops.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_fuse_operation_duration",
+            "Time from a FUSE request to its reply, by operation",
+            Unit::Seconds,
+            self.fuse_latency.clone(),
+        );
+        r.register(
+            "dfcache_piece_cache_hits",
+            "Piece reads answered from the piece cache",
+            self.cache_hits.clone(),
+        );
+        r.register(
+            "dfcache_piece_cache_misses",
+            "Pieces fetched from the daemon into the cache (on demand or read ahead)",
+            self.cache_misses.clone(),
+        );
+        r.register(
+            "dfcache_piece_cache_evictions",
+            "Pieces evicted from the piece cache to stay within --cache-size",
+            self.cache_evictions.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_piece_cache",
+            "Bytes of pieces held in the piece cache",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "dfcache_piece_fetches_in_flight",
+            "Range reads from the daemon in progress (pieces and uncached ranges)",
+            self.fetches_in_flight.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_readahead_window",
+            "Read-ahead window of the latest sequential read",
+            Unit::Bytes,
+            self.readahead_window.clone(),
+        );
+        r.register(
+            "dfcache_fuse_passthrough_opens",
+            "Files opened with FUSE passthrough (the kernel reads the backing file)",
+            self.passthrough_opens.clone(),
+        );
+        r.register(
+            "dfcache_imports_started",
+            "Imports started (a file created in import/, or reopened with O_TRUNC)",
+            self.imports_started.clone(),
+        );
+        r.register(
+            "dfcache_imports_finished",
+            "Imports the daemon stored as tasks",
+            self.imports_finished.clone(),
+        );
+        r.register(
+            "dfcache_imports_failed",
+            "Imports that failed at commit (their close() or fsync() returned the error)",
+            self.imports_failed.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_import",
+            "Bytes of imports the daemon stored",
+            Unit::Bytes,
+            self.import_bytes.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_import_duration",
+            "Time from an import's start to the daemon's acknowledgement",
+            Unit::Seconds,
+            self.import_duration.clone(),
+        );
+        r.register(
+            "dfcache_daemon_calls",
+            "Calls the mount made to the daemon, by RPC and gRPC code",
+            self.daemon_calls.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_daemon_call_duration",
+            "Time of the mount's daemon calls (to the response, or to the end of an upload)",
+            Unit::Seconds,
+            self.daemon_latency.clone(),
+        );
+        r.register(
+            "dfcache_task_downloads",
+            "Whole-task downloads started (a daemon without range reads)",
+            self.task_downloads.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_task_downloads_held",
+            "Bytes of whole-task downloads kept in the spool (at most --task-cache-size)",
+            Unit::Bytes,
+            self.task_download_bytes.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_spool_written",
+            "Bytes the mount wrote into the spool (spooled imports, downloaded piece content; not files the daemon linked there)",
+            Unit::Bytes,
+            self.spool_bytes.clone(),
+        );
+    }
+
+    /// A FUSE operation answered with `errno` (0: success) after `took`.
+    pub fn fuse_op(&self, op: &'static str, errno: i32, took: Duration) {
+        let result = errno_name(errno);
+        self.fuse_ops.get_or_create(&OpResult { op, result }).inc();
+        self.fuse_latency
+            .get_or_create(&Op { op })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    pub fn cache_evicted(&self) {
+        self.cache_evictions.inc();
+    }
+
+    pub fn cache_holds(&self, bytes: u64) {
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a range read from the daemon until the guard drops.
+    pub fn fetch_in_flight(&'static self) -> InFlight {
+        self.fetches_in_flight.inc();
+        InFlight(&self.fetches_in_flight)
+    }
+
+    pub fn readahead_window(&self, bytes: u64) {
+        self.readahead_window
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn import_started(&self) {
+        self.imports_started.inc();
+    }
+
+    pub fn import_finished(&self, bytes: u64, took: Duration) {
+        self.imports_finished.inc();
+        self.import_bytes.inc_by(bytes);
+        self.import_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn import_failed(&self) {
+        self.imports_failed.inc();
+    }
+
+    /// A daemon call that ended with `code` after `took`.
+    pub fn daemon_call(&self, rpc: &'static str, code: &'static str, took: Duration) {
+        self.daemon_calls
+            .get_or_create(&RpcCode { rpc, code })
+            .inc();
+        self.daemon_latency
+            .get_or_create(&Rpc { rpc })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn task_download_started(&self) {
+        self.task_downloads.inc();
+    }
+
+    pub fn task_downloads_hold(&self, bytes: u64) {
+        self.task_download_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn spool_written(&self, bytes: u64) {
+        self.spool_bytes.inc_by(bytes);
+    }
+}
