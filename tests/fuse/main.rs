@@ -18,4 +18,5 @@ mod misc;
 mod passthrough;
 mod read;
 mod scale;
+mod trees;
 mod unprivileged;
