@@ -51,7 +51,15 @@ impl Ext4 {
     /// a remount while the old (shut down) one lingers could meet the old
     /// file system's state (seen as EIO on a loaded machine).
     pub fn unmount(&mut self) {
-        run(Command::new("umount").arg(&self.mount));
+        // A process killed a moment ago may still hold a file here until
+        // the kernel has torn it down ("target is busy", 1 run in 5-8 on a
+        // loaded machine): try again until it lets go.
+        super::eventually("the image to unmount", 20, || {
+            Command::new("umount")
+                .arg(&self.mount)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        });
         self.mounted = false;
         super::eventually("the image's loop device to detach", 20, || {
             Command::new("losetup")
