@@ -38,19 +38,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# mount_at ARGS...: a mount at WORK/mnt, in the background.
-mount_at() {
-  "$DFCACHE" mount "$WORK/mnt" -l warn "$@" &
-  MOUNT_PID=$!
-  for _ in $(seq 200); do [ -d "$WORK/mnt/tasks" ] && mountpoint -q "$WORK/mnt" && return 0; sleep 0.05; done
-  echo "mount did not come up" >&2
-  return 1
-}
-umount_at() {
-  kill "$MOUNT_PID"
-  wait "$MOUNT_PID" || true
-  MOUNT_PID=""
-}
 # timed_dd FILE: seconds to read FILE with dd bs=1M.
 timed_dd() {
   local s
@@ -88,11 +75,11 @@ cold_warm_random() {
 }
 
 echo "== --embedded, passthrough ($SIZE, $RUNS runs, medians)"
-mount_at --embedded "$WORK/estore"
+start_mount "$WORK/mnt" --embedded "$WORK/estore"
 cp "$WORK/src/f" "$WORK/mnt/import/f"
 id=$(getfattr --only-values -n user.dfcache.task_id "$WORK/mnt/import/f")
 cold_warm_random "$WORK/mnt/tasks/$id" "$WORK/estore/tasks/$id.data" "embedded"
-umount_at
+stop_mount
 
 echo "== released dfdaemon (serve --legacy), downloads hard-linked into the spool"
 "$DFCACHE" serve --legacy --socket "$WORK/l.sock" --dir "$WORK/lstore" -l warn &
@@ -110,13 +97,13 @@ for run in $(seq "$RUNS"); do
   cat "$WORK/out/f" > /dev/null
   export_cat+=("$(elapsed "$s")")
   rm -rf "$WORK/out"
-  mount_at -e "$WORK/l.sock" --spool "$WORK/spool"
+  start_mount "$WORK/mnt" -e "$WORK/l.sock" --spool "$WORK/spool"
   COLD=1 settle; first+=("$(timed_dd "$WORK/mnt/tasks/$lid")")
-  if [ "$run" != "$RUNS" ]; then umount_at; fi
+  if [ "$run" != "$RUNS" ]; then stop_mount; fi
   echo "run $run: export+cat ${export_cat[-1]}s  first read through the mount ${first[-1]}s"
 done
 fm=$(median "${first[@]}"); ec=$(median "${export_cat[@]}")
 echo "  first read of tasks/<id>: $(mbps "$bytes" "$fm") MiB/s; export then cat: $(mbps "$bytes" "$ec") MiB/s: first / (export+cat) = $(ratio "$fm" "$ec")   (target <= 1.5)"
 # The mount of the last run holds the finished download: later opens pass through.
 cold_warm_random "$WORK/mnt/tasks/$lid" "$WORK/lstore/tasks/$lid.data" "released, later opens,"
-umount_at
+stop_mount

@@ -37,22 +37,10 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-mount_embedded() {
-  "$DFCACHE" mount "$WORK/mnt" --embedded "$WORK/store" -l warn &
-  MOUNT_PID=$!
-  for _ in $(seq 200); do [ -d "$WORK/mnt/trees" ] && mountpoint -q "$WORK/mnt" && return 0; sleep 0.05; done
-  echo "mount did not come up" >&2
-  return 1
-}
-umount_embedded() {
-  kill "$MOUNT_PID"
-  wait "$MOUNT_PID" || true
-  MOUNT_PID=""
-}
 export DFCACHE_ENDPOINT="$WORK/store/dfdaemon.sock"
 
 mount_cp=(); local_cp=(); recursive=()
-mount_embedded
+start_mount "$WORK/mnt" --embedded "$WORK/store"
 for run in $(seq "$RUNS"); do
   s=$(now)
   cp -r "$WORK/src/model" "$WORK/mnt/import/m$run"
@@ -74,15 +62,15 @@ big_id=$("$DFCACHE" import --recursive --stream-mode --no-progress "$WORK/big")
 one=$(find "$WORK/src/model" -name f1)
 one_id=$("$DFCACHE" import --stream-mode --no-progress "$one")
 tree_id=$("$DFCACHE" import --recursive --stream-mode --no-progress "$WORK/src/model")
-umount_embedded
+stop_mount
 
 lsr=(); first_tree=(); first_task=()
 for run in $(seq "$RUNS"); do
-  mount_embedded
+  start_mount "$WORK/mnt" --embedded "$WORK/store"
   s=$(now); ls -lR "$WORK/mnt/trees/$big_id" > /dev/null; lsr+=("$(elapsed "$s")")
   s=$(now); head -c 1 "$WORK/mnt/trees/$tree_id/f1" > /dev/null; first_tree+=("$(elapsed "$s")")
   s=$(now); head -c 1 "$WORK/mnt/tasks/$one_id" > /dev/null; first_task+=("$(elapsed "$s")")
-  umount_embedded
+  stop_mount
 done
 
 m=$(median "${mount_cp[@]}"); l=$(median "${local_cp[@]}"); r=$(median "${recursive[@]}")

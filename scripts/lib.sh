@@ -59,3 +59,22 @@ build_release() {
   (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo build --release --quiet)
   DFCACHE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/dfcache"
 }
+
+# start_mount MNT ARGS...: `dfcache mount MNT ARGS` in the background, once
+# MNT is a live mount; sets MOUNT_PID.
+start_mount() {
+  local mnt="$1"
+  shift
+  "$DFCACHE" mount "$mnt" -l warn "$@" &
+  MOUNT_PID=$!
+  for _ in $(seq 200); do [ -d "$mnt/tasks" ] && mountpoint -q "$mnt" && return 0; sleep 0.05; done
+  echo "mount did not come up" >&2
+  return 1
+}
+
+# stop_mount: SIGTERM to the mount of start_mount, which unmounts.
+stop_mount() {
+  kill "$MOUNT_PID"
+  wait "$MOUNT_PID" || true
+  MOUNT_PID=""
+}

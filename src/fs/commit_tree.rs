@@ -80,14 +80,7 @@ impl DfcacheFs {
                     .unwrap_or_default()
             ));
             std::fs::write(&path, &bytes).map_err(FsError::io)?;
-            let daemon_path = std::fs::canonicalize(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|real| {
-                    self.config
-                        .path_mapping
-                        .to_host(&real)
-                        .map_err(|e| e.to_string())
-                });
+            let daemon_path = self.daemon_path_of(&path);
             let result = self
                 .client
                 .import_file(

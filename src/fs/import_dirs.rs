@@ -275,25 +275,7 @@ impl DfcacheFs {
         if change.size.is_some() {
             return Err(Errno::EISDIR);
         }
-        {
-            let mut meta = dir.meta();
-            if let Some(mode) = change.mode {
-                meta.perm = (mode & 0o7777) as u16;
-            }
-            if let Some(uid) = change.uid {
-                meta.uid = uid;
-            }
-            if let Some(gid) = change.gid {
-                meta.gid = gid;
-            }
-            if let Some(atime) = change.atime {
-                meta.atime = atime;
-            }
-            if let Some(mtime) = change.mtime {
-                meta.mtime = mtime;
-            }
-            meta.ctime = SystemTime::now();
-        }
+        dir.meta().apply(change);
         Ok(self.import_dir_attr(dir))
     }
 

@@ -71,6 +71,28 @@ pub struct ImportMeta {
     pub linked: bool,
 }
 
+impl ImportMeta {
+    /// chmod, chown and utimes (ctime moves with any of them).
+    pub fn apply(&mut self, change: &crate::fs::attr::SetAttr) {
+        if let Some(mode) = change.mode {
+            self.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = change.uid {
+            self.uid = uid;
+        }
+        if let Some(gid) = change.gid {
+            self.gid = gid;
+        }
+        if let Some(atime) = change.atime {
+            self.atime = atime;
+        }
+        if let Some(mtime) = change.mtime {
+            self.mtime = mtime;
+        }
+        self.ctime = SystemTime::now();
+    }
+}
+
 impl ImportNode {
     pub fn meta(&self) -> std::sync::MutexGuard<'_, ImportMeta> {
         self.meta.lock().unwrap_or_else(|p| p.into_inner())

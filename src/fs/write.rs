@@ -278,14 +278,7 @@ impl DfcacheFs {
         // A legacy daemon opens the spool file itself, by its host path;
         // it may hard-link it into its storage, so the file is only ever
         // unlinked afterwards, never modified or reused.
-        let daemon_path = std::fs::canonicalize(&spool.path)
-            .map_err(|e| e.to_string())
-            .and_then(|real| {
-                self.config
-                    .path_mapping
-                    .to_host(&real)
-                    .map_err(|e| e.to_string())
-            });
+        let daemon_path = self.daemon_path_of(&spool.path);
         let result = self
             .client
             .import_file(
@@ -298,6 +291,18 @@ impl DfcacheFs {
         let size = spool.size;
         spool.discard();
         Ok(Finished::of(result?, size))
+    }
+
+    /// A spool file as the daemon sees it (or why it cannot).
+    pub(crate) fn daemon_path_of(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<std::path::PathBuf, String> {
+        let real = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+        self.config
+            .path_mapping
+            .to_host(&real)
+            .map_err(|e| e.to_string())
     }
 
     /// A finished import's task opens under `tasks/` at once.
