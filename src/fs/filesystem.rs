@@ -18,14 +18,15 @@ use tracing::debug;
 
 use crate::domain::task_id::is_task_id;
 use crate::fs::attr::{Attr, Kind, Owner, SetAttr};
+use crate::fs::block_cache::BlockCache;
 use crate::fs::daemon::{ClientError, DaemonClient, ImportOptions, TaskInfo};
 use crate::fs::error::{Errno, FsResult};
+use crate::fs::geometry::TaskGeometry;
 pub use crate::fs::handles::DirEntry;
 use crate::fs::handles::{Handles, OpenFile, Opened};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
-use crate::fs::piece_cache::{PieceCache, TaskGeometry};
-use crate::fs::read_backend::PieceReads;
+use crate::fs::read_backend::BlockReads;
 use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
 use crate::grpc::client::Code;
@@ -84,9 +85,9 @@ pub struct DfcacheFs {
     pub(crate) client: Arc<dyn DaemonClient>,
     pub(crate) config: FsConfig,
     pub(crate) inodes: Mutex<Inodes>,
-    pub(crate) cache: Arc<PieceCache>,
+    pub(crate) cache: Arc<BlockCache>,
     pub(crate) task_files: TaskFiles,
-    pub(crate) piece_reads: PieceReads,
+    pub(crate) block_reads: BlockReads,
     pub(crate) handles: Handles,
     /// Task ids recently found unknown, so repeated lookups of a wrong id
     /// do not hammer the daemon.
@@ -106,20 +107,20 @@ impl DfcacheFs {
             .max(MIN_INFLIGHT.min(config.cache_size / 2))
             .max(1);
         let lru_capacity = config.cache_size.saturating_sub(inflight);
-        let cache = Arc::new(PieceCache::new(client.clone(), lru_capacity, inflight));
+        let cache = Arc::new(BlockCache::new(client.clone(), lru_capacity, inflight));
         let task_files = TaskFiles::new(
             client.clone(),
             config.spool.clone().unwrap_or_else(std::env::temp_dir),
             config.task_cache_size,
             config.fetch_timeout,
         );
-        let piece_reads = PieceReads {
+        let block_reads = BlockReads {
             cache: cache.clone(),
             read_ahead: config.read_ahead,
         };
         Self {
             client,
-            piece_reads,
+            block_reads,
             config,
             inodes: Mutex::new(Inodes::default()),
             cache,
@@ -130,7 +131,7 @@ impl DfcacheFs {
         }
     }
 
-    pub fn cache(&self) -> &PieceCache {
+    pub fn cache(&self) -> &BlockCache {
         &self.cache
     }
 

@@ -6,8 +6,8 @@ use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crate::fs::geometry::TaskGeometry;
 use crate::fs::import::ImportState;
-use crate::fs::piece_cache::TaskGeometry;
 
 pub const ROOT_INO: u64 = 1;
 pub const TASKS_INO: u64 = 2;

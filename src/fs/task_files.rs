@@ -24,7 +24,7 @@ use tracing::{debug, info, Instrument};
 
 use crate::fs::daemon::{ClientError, DaemonClient};
 use crate::fs::error::{Errno, FsError, FsResult};
-use crate::fs::piece_cache::TaskGeometry;
+use crate::fs::geometry::TaskGeometry;
 
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
