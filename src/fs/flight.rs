@@ -71,6 +71,11 @@ impl Flight {
         self.chunks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Bytes landed so far.
+    pub fn landed(&self) -> usize {
+        self.chunks().iter().map(Bytes::len).sum()
+    }
+
     /// Adds the next chunk and wakes the readers waiting for it.
     pub fn land(&self, chunk: Bytes) {
         // One exact-size copy per chunk. A received chunk is a slice of

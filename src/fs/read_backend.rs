@@ -86,11 +86,14 @@ impl BlockReads {
             end - offset,
             max_blocks,
         );
-        let blocks = task.content_length.div_ceil(BLOCK);
-        // In order, nearest first, while read-ahead slots are free.
-        for index in (last + 1..=last + window).take_while(|&i| i < blocks) {
-            if !self.cache.prefetch(task, index) {
-                break;
+        let end = (last + 1 + window).min(task.content_length.div_ceil(BLOCK));
+        // In order, nearest first, in runs of blocks, while read-ahead
+        // slots are free.
+        let mut index = last + 1;
+        while index < end {
+            match self.cache.prefetch(task, index, end - index) {
+                0 => break,
+                coming => index += coming,
             }
         }
         window

@@ -107,3 +107,36 @@ async fn a_random_read_hits_a_span_a_neighbour_fetched() {
     }
     assert_eq!(fake.calls(Call::Read), 1, "{:?}", fake.read_ranges());
 }
+
+#[tokio::test]
+async fn read_ahead_asks_for_runs_of_blocks_and_fetches_each_byte_once() {
+    let fake = FakeDaemon::new(DEADLINE);
+    let (id, data) = big_piece_task(&fake, 100 * MIB + 5, 25);
+    let mut config = config();
+    config.cache_size = 64 * MIB;
+    config.read_ahead = 32 * MIB;
+    let fs = DfcacheFs::new(fake.clone(), config);
+    let fh = open_task(&fs, &id).await;
+    let mut at = 0u64;
+    while at < data.len() as u64 {
+        let got = fs.read(fh, at, 1 << 20).await.unwrap();
+        assert_eq!(&got[..], &data[at as usize..at as usize + got.len()]);
+        at += got.len() as u64;
+    }
+    let mut ranges: Vec<(u64, u64)> = fake
+        .read_ranges()
+        .iter()
+        .map(|r| (r.offset, r.offset + r.length.unwrap_or(0)))
+        .collect();
+    assert!(
+        ranges.iter().any(|(from, to)| to - from == 4 * BLOCK),
+        "no run of four blocks: {ranges:?}"
+    );
+    ranges.sort();
+    let mut next = 0;
+    for (from, to) in ranges {
+        assert_eq!(from, next, "a gap or an overlap at {from}");
+        next = to;
+    }
+    assert_eq!(next, data.len() as u64);
+}
