@@ -29,6 +29,7 @@ use tracing::{debug, debug_span, Instrument};
 
 use crate::fs::daemon::{DaemonClient, ReadRange};
 use crate::fs::error::{Errno, FsResult};
+use crate::fs::fetch_run::Run;
 use crate::fs::flight::{Chunks, Flight};
 use crate::fs::geometry::TaskGeometry;
 
@@ -60,10 +61,10 @@ const UNIT: u64 = 64 << 10;
 
 /// A span of a task: `start..start + len`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SpanKey {
-    id: Arc<str>,
-    start: u64,
-    len: u64,
+pub(crate) struct SpanKey {
+    pub id: Arc<str>,
+    pub start: u64,
+    pub len: u64,
 }
 
 /// Where a read finds its span.
@@ -339,7 +340,7 @@ impl BlockCache {
         Ok(())
     }
 
-    fn insert(&self, key: SpanKey, span: Chunks) {
+    pub(crate) fn insert(&self, key: SpanKey, span: Chunks) {
         let mut lru = self.lock_lru();
         let len = span.len() as u64;
         if let Some(old) = lru.map.put(key, span) {
@@ -358,72 +359,8 @@ impl BlockCache {
         self.lru.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_inflight(&self) -> MutexGuard<'_, HashMap<SpanKey, Arc<Flight>>> {
+    pub(crate) fn lock_inflight(&self) -> MutexGuard<'_, HashMap<SpanKey, Arc<Flight>>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The spans of one fetch, landing in order. Spans not done when it is
-/// dropped are failed and forgotten.
-struct Run<'a> {
-    cache: &'a BlockCache,
-    spans: Vec<(SpanKey, Arc<Flight>)>,
-    /// Spans complete (and handed to the LRU) so far.
-    done: usize,
-}
-
-impl Run<'_> {
-    /// Lands a chunk, split where it crosses from one span to the next.
-    fn land(&mut self, mut chunk: Bytes) -> FsResult<()> {
-        while !chunk.is_empty() {
-            let Some((key, flight)) = self.spans.get(self.done) else {
-                return Err(Errno::EIO.because(std::io::Error::other(
-                    "the daemon sent more bytes than the range asked",
-                )));
-            };
-            let room = (key.len - flight.landed() as u64) as usize;
-            let part = chunk.split_to(room.min(chunk.len()));
-            flight.land(part);
-            if flight.landed() as u64 == key.len {
-                self.complete();
-            }
-        }
-        Ok(())
-    }
-
-    /// The next span came whole: its readers are answered from the LRU.
-    fn complete(&mut self) {
-        let Some((key, flight)) = self.spans.get(self.done) else {
-            return;
-        };
-        let mut inflight = self.cache.lock_inflight();
-        inflight.remove(key);
-        let span = flight.finish();
-        self.cache.insert(key.clone(), span);
-        self.done += 1;
-    }
-
-    /// The read ended: spans still short are finished as they are (their
-    /// readers get EIO past what came) or failed with the read's error.
-    fn end(&mut self, result: FsResult<()>) {
-        let mut inflight = self.cache.lock_inflight();
-        for (key, flight) in self.spans.drain(self.done..) {
-            inflight.remove(&key);
-            match &result {
-                Ok(()) => {
-                    flight.finish();
-                }
-                Err(errno) => flight.fail(errno.clone()),
-            }
-        }
-    }
-}
-
-impl Drop for Run<'_> {
-    fn drop(&mut self) {
-        if self.done < self.spans.len() {
-            self.end(Err(Errno::EIO));
-        }
     }
 }
 

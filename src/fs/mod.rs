@@ -10,9 +10,9 @@
 //! - `handles.rs`: open files and directory listings (the handle table);
 //! - `read_backend.rs`: where reads come from (the block cache with
 //!   read-ahead, or whole-task downloads), behind one trait;
-//! - `block_cache.rs`, `flight.rs`, `readahead.rs`: the LRU of 4 MiB
-//!   blocks and small spans, a span landing chunk by chunk, and the
-//!   read-ahead policy; `geometry.rs`: a task's size and piece length;
+//! - `block_cache.rs`, `fetch_run.rs`, `flight.rs`, `readahead.rs`: the
+//!   LRU of 4 MiB blocks and small spans, one daemon read landing in its
+//!   spans, a span landing chunk by chunk, and the read-ahead policy; `geometry.rs`: a task's size and piece length;
 //! - `task_files.rs`: whole-task downloads, for daemons without range reads;
 //! - `space.rs`: the used and free space statfs reports;
 //! - `mount.rs`: mounting, stale mounts, the sysfs read-ahead lever.
@@ -21,6 +21,7 @@ pub mod attr;
 pub mod block_cache;
 pub mod daemon;
 pub mod error;
+pub mod fetch_run;
 pub mod filesystem;
 pub mod flight;
 pub mod fuse;
