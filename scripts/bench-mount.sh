@@ -3,7 +3,7 @@
 #   cold `dd bs=1M` of tasks/<id>   vs  `dfcache export --stream-mode` of the task (to tmpfs)
 #   warm re-read of tasks/<id>      vs  the source read warm through `bindfs -o kernel_cache`
 #   `cp F mnt/import/`              vs  `dfcache import --stream-mode F`
-#   random 4 KiB reads (fio psync)  beside bindfs's IOPS
+#   random 4 KiB reads (fio psync) at 1, 4 and 16 readers, beside bindfs's IOPS
 # and the mount's peak RSS reading a larger task (default 4 GiB) with --cache-size 64mib.
 #
 #   scripts/bench-mount.sh                        # 2 GiB, 3 runs
@@ -93,16 +93,35 @@ for run in $(seq "$RUNS"); do
   echo "run $run: export ${exp_t[-1]}s  cold dd ${cold_t[-1]}s  warm dd ${warm_t[-1]}s  bindfs warm ${bind_t[-1]}s  cp->import/ ${cp_t[-1]}s  import ${imp_t[-1]}s"
 done
 
-# Random 4 KiB reads: a fresh mount against bindfs (both page caches dropped).
-mount_dfcache
+# ---- Remote streaming path: random 4 KiB reads at 1, 4 and 16 readers ----
+# A fresh mount for each reader count (its page cache starts empty), and
+# bindfs beside it; both page caches dropped before each job.
+READERS="${READERS:-1 4 16}"
+# fio_iops FILE READERS: IOPS of fio's psync 4 KiB random reads.
 fio_iops() {
   COLD=1 settle
   fio --name=rand --filename="$1" --rw=randread --bs=4k --ioengine=psync --runtime=10 --time_based \
-    --readonly --output-format=terse --terse-version=3 2> /dev/null | awk -F';' '{ print $8 }'
+    --numjobs="$2" --group_reporting --readonly --output-format=terse --terse-version=3 2> /dev/null |
+    awk -F';' '{ print $8 }'
 }
-dfc_iops=$(fio_iops "$WORK/mnt/tasks/$id")
-bind_iops=$(fio_iops "$WORK/bind/f")
-umount_dfcache
+declare -A dfc_iops bind_iops
+remote_random_reads() {
+  local n
+  for n in $READERS; do
+    mount_dfcache
+    dfc_iops[$n]=$(fio_iops "$WORK/mnt/tasks/$id" "$n")
+    umount_dfcache
+    bind_iops[$n]=$(fio_iops "$WORK/bind/f" "$n")
+  done
+}
+remote_random_report() {
+  local n
+  for n in $READERS; do
+    echo "  random 4 KiB IOPS, $n reader(s): dfcache ${dfc_iops[$n]}, bindfs ${bind_iops[$n]}, ratio $(ratio "${dfc_iops[$n]}" "${bind_iops[$n]}")"
+  done
+}
+remote_random_reads
+# ---- end of the remote streaming section ----
 
 # Peak RSS reading a larger task with a 64 MiB piece cache.
 make_file "$WORK/src/big" "$BIG"
@@ -121,6 +140,6 @@ echo "  cp into import/ $(mbps "$bytes" "$cp_m")  import --stream-mode $(mbps "$
 echo "  cold dd / export        = $(ratio "$e" "$c")   (target >= 0.8)"
 echo "  warm dd / bindfs warm   = $(ratio "$b" "$w")   (target >= 0.9)"
 echo "  cp import/ / import     = $(ratio "$i" "$cp_m")   (target >= 0.8)"
-echo "  random 4 KiB IOPS: dfcache $dfc_iops, bindfs $bind_iops"
+remote_random_report
 echo "  mount peak RSS reading $BIG with --cache-size 64mib: $((rss_kib / 1024)) MiB (target < 160 MiB)"
 [ "$rss_kib" -lt "$RSS_LIMIT_KIB" ]

@@ -18,16 +18,17 @@ use tracing::debug;
 
 use crate::domain::task_id::is_task_id;
 use crate::fs::attr::{Attr, Kind, Modes, Owner, SetAttr};
+use crate::fs::block_cache::BlockCache;
 use crate::fs::commit_tree::TREE_ID_XATTR;
 use crate::fs::daemon::{ClientError, DaemonClient, ImportOptions, TaskInfo};
 use crate::fs::error::{Errno, FsResult};
+use crate::fs::geometry::TaskGeometry;
 pub use crate::fs::handles::DirEntry;
 use crate::fs::handles::{Handles, OpenFile, Opened};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::*;
 use crate::fs::passthrough::LocalContent;
-use crate::fs::piece_cache::{PieceCache, TaskGeometry};
-use crate::fs::read_backend::PieceReads;
+use crate::fs::read_backend::BlockReads;
 use crate::fs::space;
 use crate::fs::task_files::TaskFiles;
 use crate::fs::trees::TreeNode;
@@ -90,9 +91,9 @@ pub struct DfcacheFs {
     pub(crate) client: Arc<dyn DaemonClient>,
     pub(crate) config: FsConfig,
     pub(crate) inodes: Mutex<Inodes>,
-    pub(crate) cache: Arc<PieceCache>,
+    pub(crate) cache: Arc<BlockCache>,
     pub(crate) task_files: TaskFiles,
-    pub(crate) piece_reads: PieceReads,
+    pub(crate) block_reads: BlockReads,
     pub(crate) handles: Handles,
     /// Where task content is a local file (the embedded daemon's store).
     pub(crate) local: Option<Arc<dyn LocalContent>>,
@@ -114,7 +115,7 @@ impl DfcacheFs {
             .max(MIN_INFLIGHT.min(config.cache_size / 2))
             .max(1);
         let lru_capacity = config.cache_size.saturating_sub(inflight);
-        let cache = Arc::new(PieceCache::new(client.clone(), lru_capacity, inflight));
+        let cache = Arc::new(BlockCache::new(client.clone(), lru_capacity, inflight));
         let task_files = TaskFiles::new(
             client.clone(),
             config.spool.clone().unwrap_or_else(std::env::temp_dir),
@@ -123,13 +124,13 @@ impl DfcacheFs {
             config.task_cache_size,
             config.fetch_timeout,
         );
-        let piece_reads = PieceReads {
+        let block_reads = BlockReads {
             cache: cache.clone(),
             read_ahead: config.read_ahead,
         };
         Self {
             client,
-            piece_reads,
+            block_reads,
             config,
             inodes: Mutex::new(Inodes::default()),
             cache,
@@ -148,7 +149,7 @@ impl DfcacheFs {
         self
     }
 
-    pub fn cache(&self) -> &PieceCache {
+    pub fn cache(&self) -> &BlockCache {
         &self.cache
     }
 

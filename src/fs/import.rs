@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::domain::piece::reported_or_default;
 use crate::domain::CHUNK_SIZE;
 use crate::fs::error::{Errno, FsError, FsResult};
-use crate::fs::piece_cache::TaskGeometry;
+use crate::fs::geometry::TaskGeometry;
 use crate::grpc::client::{ClientResult, WriteSummary};
 
 /// Where an import stands.

@@ -6,8 +6,8 @@ use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crate::fs::geometry::TaskGeometry;
 use crate::fs::import::ImportState;
-use crate::fs::piece_cache::TaskGeometry;
 use crate::fs::trees::{build as build_tree, TreeNode};
 use crate::tree::Manifest;
 

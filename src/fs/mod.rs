@@ -1,4 +1,4 @@
-//! The FUSE file system: `tasks/<id>` read lazily through a piece LRU,
+//! The FUSE file system: `tasks/<id>` read lazily through a block LRU,
 //! `import/` streamed to the daemon on close.
 //!
 //! - `daemon/`: the calls the mount makes of a daemon (a trait), the gRPC
@@ -8,26 +8,31 @@
 //!   async methods returning values or errnos;
 //! - `inodes.rs`, `import.rs`: the inode table and the import state machine;
 //! - `handles.rs`: open files and directory listings (the handle table);
-//! - `read_backend.rs`: where reads come from (the piece cache with
+//! - `read_backend.rs`: where reads come from (the block cache with
 //!   read-ahead, or whole-task downloads), behind one trait;
-//! - `piece_cache.rs`, `readahead.rs`: the piece LRU and read-ahead policy;
+//! - `block_cache.rs`, `fetch_run.rs`, `flight.rs`, `readahead.rs`: the
+//!   LRU of 4 MiB blocks and small spans, one daemon read landing in its
+//!   spans, a span landing chunk by chunk, and the read-ahead policy; `geometry.rs`: a task's size and piece length;
 //! - `task_files.rs`: whole-task downloads, for daemons without range reads;
 //! - `space.rs`: the used and free space statfs reports;
 //! - `mount.rs`: mounting, stale mounts, the sysfs read-ahead lever.
 
 pub mod attr;
+pub mod block_cache;
 pub mod commit_tree;
 pub mod daemon;
 pub mod error;
+pub mod fetch_run;
 pub mod filesystem;
+pub mod flight;
 pub mod fuse;
+pub mod geometry;
 pub mod handles;
 pub mod import;
 pub mod import_dirs;
 pub mod inodes;
 pub mod mount;
 pub mod passthrough;
-pub mod piece_cache;
 pub mod read;
 pub mod read_backend;
 pub mod readahead;

@@ -1,18 +1,20 @@
-//! Opening files and reading task content through the piece cache.
+//! Opening files and reading task content through the block cache.
 //!
-//! A read is split on piece boundaries; each piece comes from the LRU or
-//! one daemon request. A sequential reader also gets the next pieces
-//! fetched ahead, in a window that grows while the run lasts.
+//! A read is split on 4 MiB block boundaries (not pieces: see
+//! `block_cache.rs`); each block comes from the LRU or one daemon request.
+//! A sequential reader also gets the next blocks fetched ahead, in a
+//! window that grows while the run lasts; a random reader's miss fetches
+//! the small span around it.
 
 use bytes::Bytes;
 
 use crate::fs::error::{Errno, FsResult};
 use crate::fs::filesystem::DfcacheFs;
+use crate::fs::geometry::TaskGeometry;
 use crate::fs::handles::{OpenFile, Opened};
 use crate::fs::import::ImportState;
 use crate::fs::inodes::Node;
 use crate::fs::passthrough::LocalFile;
-use crate::fs::piece_cache::TaskGeometry;
 use crate::fs::read_backend::ReadBackend;
 use crate::fs::readahead::Readahead;
 use crate::fs::trees::TreeNode;
@@ -123,11 +125,11 @@ impl DfcacheFs {
             .await
     }
 
-    /// Where reads come from: range reads through the piece cache, or (a
+    /// Where reads come from: range reads through the block cache, or (a
     /// daemon without them) whole-task downloads.
     pub(crate) async fn read_backend(&self) -> FsResult<&dyn ReadBackend> {
         Ok(if self.client.streams().await? {
-            &self.piece_reads
+            &self.block_reads
         } else {
             &self.task_files
         })

@@ -1,4 +1,4 @@
-//! Where a read's bytes come from, behind one trait: the piece cache (a
+//! Where a read's bytes come from, behind one trait: the block cache (a
 //! daemon with range reads) or whole-task downloads (a released dfdaemon).
 //! The file system picks the backend once per read from what it knows of
 //! the daemon; nothing else in the read path branches on the daemon kind.
@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::fs::block_cache::{BlockCache, BLOCK};
 use crate::fs::error::FsResult;
-use crate::fs::piece_cache::{PieceCache, TaskGeometry};
+use crate::fs::geometry::TaskGeometry;
 use crate::fs::readahead::Readahead;
 use crate::fs::task_files::TaskFiles;
 
@@ -24,15 +25,15 @@ pub trait ReadBackend: Send + Sync {
     ) -> FsResult<Bytes>;
 }
 
-/// Reads through the piece cache, with read-ahead for sequential readers.
-pub struct PieceReads {
-    pub cache: Arc<PieceCache>,
+/// Reads through the block cache, with read-ahead for sequential readers.
+pub struct BlockReads {
+    pub cache: Arc<BlockCache>,
     /// Most bytes fetched ahead of a sequential reader.
     pub read_ahead: u64,
 }
 
 #[tonic::async_trait]
-impl ReadBackend for PieceReads {
+impl ReadBackend for BlockReads {
     async fn read(
         &self,
         task: &TaskGeometry,
@@ -40,41 +41,34 @@ impl ReadBackend for PieceReads {
         offset: u64,
         end: u64,
     ) -> FsResult<Bytes> {
-        let piece_length = task.piece_length;
-        let (first, last) = (offset / piece_length, (end - 1) / piece_length);
+        let (first, last) = (BlockCache::block_of(offset), BlockCache::block_of(end - 1));
         let window = self.read_ahead(task, readahead, offset, end, last);
         if window == 0 && (first..=last).all(|i| !self.cache.is_present(task, i)) {
-            // A random read: fetching whole pieces for it would move a
-            // piece per 4 KiB read. Fetch just the range; the kernel's page
-            // cache keeps it.
-            return self.cache.read_uncached(task, offset, end - offset).await;
+            // A random read: fetching a 4 MiB block for it would move a
+            // block per 4 KiB read. Fetch a small span around it.
+            return self.cache.read_random(task, offset, end).await;
         }
         if first == last {
-            let start = (offset - first * piece_length) as usize;
-            return self
-                .cache
-                .read(task, first, start, start + (end - offset) as usize)
-                .await;
+            // The common case (a 1 MiB kernel read of one block): a slice
+            // of a received chunk, no copy.
+            return self.cache.read_block(task, first, offset, end).await;
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for index in first..=last {
-            let piece_start = index * piece_length;
-            let from = offset.max(piece_start) - piece_start;
-            let to = end.min(piece_start + piece_length) - piece_start;
-            out.extend_from_slice(
-                &self
-                    .cache
-                    .read(task, index, from as usize, to as usize)
-                    .await?,
-            );
+            let block_start = index * BLOCK;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + BLOCK);
+            out.extend_from_slice(&self.cache.read_block(task, index, from, to).await?);
         }
         Ok(out.freeze())
     }
 }
 
-impl PieceReads {
-    /// Starts fetching the pieces after `last` for a sequential reader;
-    /// returns the read-ahead window (0: the reader is not sequential).
+impl BlockReads {
+    /// Starts fetching the blocks after `last` for a sequential reader;
+    /// returns the read-ahead window in blocks (0: not sequential). The
+    /// window is counted in bytes (`--read-ahead`), whatever the piece
+    /// length: with 64 MiB pieces a window of pieces would be one piece.
     fn read_ahead(
         &self,
         task: &TaskGeometry,
@@ -83,20 +77,24 @@ impl PieceReads {
         end: u64,
         last: u64,
     ) -> u64 {
-        let max_pieces = match self.read_ahead {
+        let max_blocks = match self.read_ahead {
             0 => 0,
-            bytes => (bytes / task.piece_length.max(1)).max(1),
+            bytes => (bytes / BLOCK).max(1),
         };
         let window = readahead.lock().unwrap_or_else(|p| p.into_inner()).on_read(
             offset,
             end - offset,
-            max_pieces,
+            max_blocks,
         );
-        crate::metrics::mount().readahead_window(window * task.piece_length);
-        // In order, nearest first, while read-ahead slots are free.
-        for index in (last + 1..=last + window).take_while(|&i| i < task.piece_count()) {
-            if !self.cache.prefetch(task, index) {
-                break;
+        crate::metrics::mount().readahead_window(window * BLOCK);
+        let end = (last + 1 + window).min(task.content_length.div_ceil(BLOCK));
+        // In order, nearest first, in runs of blocks, while read-ahead
+        // slots are free.
+        let mut index = last + 1;
+        while index < end {
+            match self.cache.prefetch(task, index, end - index) {
+                0 => break,
+                coming => index += coming,
             }
         }
         window

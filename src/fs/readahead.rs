@@ -1,5 +1,5 @@
 //! Sequential-read detection for one open file: a reader that keeps reading
-//! where it left off gets a read-ahead window of pieces that doubles while
+//! where it left off gets a read-ahead window of blocks that doubles while
 //! the run lasts; a seek resets it, so random readers get none.
 
 /// Reads this close to where the last one ended still count as sequential:
@@ -9,13 +9,13 @@ const SLACK: u64 = 2 << 20;
 #[derive(Debug, Default)]
 pub struct Readahead {
     next_offset: u64,
-    /// Pieces to keep ahead of the reader; 0 while not sequential.
+    /// Blocks to keep ahead of the reader; 0 while not sequential.
     window: u64,
     seen_first: bool,
 }
 
 impl Readahead {
-    /// Records a read of `len` bytes at `offset` and returns how many pieces
+    /// Records a read of `len` bytes at `offset` and returns how many blocks
     /// past the end of this read should be fetched ahead (at most `max`).
     pub fn on_read(&mut self, offset: u64, len: u64, max: u64) -> u64 {
         let sequential = if self.seen_first {

@@ -127,29 +127,29 @@ impl MountMetrics {
             self.fuse_latency.clone(),
         );
         r.register(
-            "dfcache_piece_cache_hits",
-            "Piece reads answered from the piece cache",
+            "dfcache_block_cache_hits",
+            "Reads answered from cached blocks and spans",
             self.cache_hits.clone(),
         );
         r.register(
-            "dfcache_piece_cache_misses",
+            "dfcache_block_cache_misses",
             "Pieces fetched from the daemon into the cache (on demand or read ahead)",
             self.cache_misses.clone(),
         );
         r.register(
-            "dfcache_piece_cache_evictions",
-            "Pieces evicted from the piece cache to stay within --cache-size",
+            "dfcache_block_cache_evictions",
+            "Blocks and spans evicted from the cache to stay within --cache-size",
             self.cache_evictions.clone(),
         );
         r.register_with_unit(
-            "dfcache_piece_cache",
-            "Bytes of pieces held in the piece cache",
+            "dfcache_block_cache",
+            "Bytes of blocks and spans held in the cache",
             Unit::Bytes,
             self.cache_bytes.clone(),
         );
         r.register(
-            "dfcache_piece_fetches_in_flight",
-            "Range reads from the daemon in progress (pieces and uncached ranges)",
+            "dfcache_block_fetches_in_flight",
+            "Range reads from the daemon in progress (runs of blocks and random spans)",
             self.fetches_in_flight.clone(),
         );
         r.register_with_unit(

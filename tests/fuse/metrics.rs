@@ -101,11 +101,11 @@ fn a_cp_and_a_cat_move_the_mount_and_daemon_counters_by_what_they_did() {
     assert!(moved(r#"dfcache_fuse_operations_total{op="read",result="ok"}"#) >= 9.0);
     assert!(moved(r#"dfcache_fuse_operation_duration_seconds_count{op="read"}"#) >= 9.0);
     // Each of the three pieces fetched once, then held.
-    assert_eq!(moved("dfcache_piece_cache_misses_total"), 3.0);
-    assert!(moved("dfcache_piece_cache_hits_total") >= 1.0);
-    assert_eq!(moved("dfcache_piece_cache_evictions_total"), 0.0);
-    assert_eq!(value(&mount1, "dfcache_piece_cache_bytes"), len as f64);
-    assert_eq!(value(&mount1, "dfcache_piece_fetches_in_flight"), 0.0);
+    assert_eq!(moved("dfcache_block_cache_misses_total"), 3.0);
+    assert!(moved("dfcache_block_cache_hits_total") >= 1.0);
+    assert_eq!(moved("dfcache_block_cache_evictions_total"), 0.0);
+    assert_eq!(value(&mount1, "dfcache_block_cache_bytes"), len as f64);
+    assert_eq!(value(&mount1, "dfcache_block_fetches_in_flight"), 0.0);
     assert_eq!(
         moved(r#"dfcache_daemon_calls_total{rpc="WritePersistentCacheTask",code="OK"}"#),
         1.0
@@ -216,5 +216,5 @@ fn against_a_released_daemon_spooled_imports_and_whole_task_downloads_are_counte
         moved(r#"dfcache_daemon_calls_total{rpc="DownloadPersistentCacheTask",code="OK"}"#),
         1.0
     );
-    assert_eq!(moved("dfcache_piece_cache_misses_total"), 0.0);
+    assert_eq!(moved("dfcache_block_cache_misses_total"), 0.0);
 }

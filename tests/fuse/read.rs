@@ -80,3 +80,58 @@ fn unknown_and_malformed_ids_are_enoent() {
 fn libc_enoent() -> i32 {
     2
 }
+
+#[test]
+fn concurrent_random_reads_of_a_task_with_64_mib_pieces_match_the_source() {
+    let root = tempdir();
+    let daemon = Daemon::start(root.path());
+    let src = root.path().join("src.bin");
+    write_file(&src, 70 * MIB + 4321, 43);
+    let id = daemon.ok(&[
+        "import",
+        "--stream-mode",
+        "--piece-length",
+        "64mib",
+        src.to_str().unwrap(),
+    ]);
+    // A cache smaller than a piece: blocks come and go while 8 threads
+    // read 4 KiB pages and odd ranges at random places, across blocks and
+    // across the piece boundary at 64 MiB.
+    let m = Mounted::on(
+        &daemon,
+        root.path(),
+        &["--cache-size", "16mib", "--read-ahead", "8mib"],
+    );
+    let code = r#"
+import os, random, sys, threading
+a = os.open(sys.argv[1], os.O_RDONLY)
+b = os.open(sys.argv[2], os.O_RDONLY)
+size = os.fstat(b).st_size
+errors = []
+def reader(seed):
+    rnd = random.Random(seed)
+    for _ in range(400):
+        o = rnd.randrange(size)
+        n = rnd.choice([4096, 4096, 1, 70000, 1 << 20])
+        if rnd.random() < 0.2:
+            o = (64 << 20) - rnd.randrange(1, 8192)
+        if os.pread(a, n, o) != os.pread(b, n, o):
+            errors.append((o, n))
+ts = [threading.Thread(target=reader, args=(s,)) for s in range(8)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+assert not errors, errors[:5]
+print("ok")
+"#;
+    let out = python(
+        code,
+        &[m.task(&id).to_str().unwrap(), src.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -62,6 +62,8 @@ struct State {
     /// reaches its end (so the order is that of commits, not of starts).
     finish_faults: HashMap<Call, VecDeque<Code>>,
     calls: HashMap<Call, u64>,
+    /// The range of every read asked, in order.
+    read_ranges: Vec<ReadRange>,
     /// No streaming RPCs (a released dfdaemon): reads and writes are
     /// UNIMPLEMENTED, imports go by path, reads by whole-task downloads.
     legacy: bool,
@@ -104,6 +106,16 @@ impl FakeDaemon {
     pub fn add_task(&self, content: &[u8]) -> String {
         self.store(Bytes::copy_from_slice(content), &ImportOptions::default())
             .task_id
+    }
+
+    /// Stores `content` as a task with `options` (a piece length, say).
+    pub fn add_task_with(&self, content: &[u8], options: &ImportOptions) -> String {
+        self.store(Bytes::copy_from_slice(content), options).task_id
+    }
+
+    /// The ranges of the reads asked so far, in order.
+    pub fn read_ranges(&self) -> Vec<ReadRange> {
+        self.state().read_ranges.clone()
     }
 
     /// Deletes a task (as another client, or the TTL, would).
@@ -272,6 +284,7 @@ impl DaemonClient for FakeDaemon {
 
     async fn read(&self, task_id: &str, range: ReadRange) -> ClientResult<Box<dyn ChunkStream>> {
         let fault = self.begin(Call::Read);
+        self.state().read_ranges.push(range);
         if self.is_legacy_daemon() {
             return Err(status(Code::Unimplemented, "ReadPersistentCacheTask"));
         }

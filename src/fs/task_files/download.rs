@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::Download;
 use crate::fs::daemon::{ClientError, DaemonClient, DownloadedPiece};
 use crate::fs::error::Errno;
-use crate::fs::piece_cache::TaskGeometry;
+use crate::fs::geometry::TaskGeometry;
 use crate::mapping::PathMapper;
 
 /// Names of download files: `<prefix><pid>-<n>`, so the files of a mount

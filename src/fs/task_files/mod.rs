@@ -35,7 +35,7 @@ use tracing::{info, Instrument};
 
 use crate::fs::daemon::DaemonClient;
 use crate::fs::error::{Errno, FsError, FsResult};
-use crate::fs::piece_cache::TaskGeometry;
+use crate::fs::geometry::TaskGeometry;
 use crate::mapping::PathMapper;
 
 pub use download::{is_download_file_of, DOWNLOAD_FILE_PREFIX};

@@ -3,6 +3,7 @@
 //! every injected fault mapped to its errno. (`tests/fuse/` checks the
 //! whole through real mounts.)
 
+mod blocks;
 mod faults;
 mod imports;
 mod local_files;
