@@ -133,7 +133,7 @@ impl MountMetrics {
         );
         r.register(
             "dfcache_block_cache_misses",
-            "Pieces fetched from the daemon into the cache (on demand or read ahead)",
+            "Blocks and spans fetched from the daemon into the cache (on demand or read ahead)",
             self.cache_misses.clone(),
         );
         r.register(
