@@ -51,7 +51,6 @@ fio_iops() {
   fio --name=rand --filename="$1" --rw=randread --bs=4k --ioengine=psync --runtime="$FIO_SECONDS" \
     --time_based --readonly --output-format=terse --terse-version=3 2> /dev/null | awk -F';' '{ print $8 }'
 }
-mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1048576 }'; }
 
 # cold_warm_random TASK FILE PREFIX: the passthrough rows of one mode:
 # cold and warm dd of TASK and FILE interleaved, then fio on both.

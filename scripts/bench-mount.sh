@@ -41,20 +41,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mount_dfcache() {
-  "$DFCACHE" mount "$WORK/mnt" -e "$DFCACHE_ENDPOINT" -l warn "$@" &
-  MOUNT_PID=$!
-  for _ in $(seq 200); do [ -d "$WORK/mnt/tasks" ] && mountpoint -q "$WORK/mnt" && return 0; sleep 0.05; done
-  echo "mount did not come up" >&2
-  return 1
-}
-umount_dfcache() {
-  kill "$MOUNT_PID"
-  wait "$MOUNT_PID" || true
-  MOUNT_PID=""
-}
-# mbps BYTES SECONDS
-mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1048576 }'; }
+# A mount on the separate daemon (lib.sh's start_mount/stop_mount).
+mount_dfcache() { start_mount "$WORK/mnt" -e "$DFCACHE_ENDPOINT" "$@"; }
+umount_dfcache() { stop_mount; }
 bytes=$(stat -c %s "$WORK/src/f")
 
 id=$("$DFCACHE" import --stream-mode --no-progress "$WORK/src/f")
