@@ -71,14 +71,7 @@ impl DfcacheFs {
             ..self.config.import.clone()
         };
         if let Some(dir) = &self.config.spool {
-            let path = dir.join(format!(
-                "import-{}-tree{}.spool",
-                std::process::id(),
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default()
-            ));
+            let path = crate::fs::write::new_spool_path(dir);
             std::fs::write(&path, &bytes).map_err(FsError::io)?;
             let daemon_path = self.daemon_path_of(&path);
             let result = self
@@ -107,7 +100,7 @@ fn plan_dir(inodes: &Inodes, dir: u64) -> FsResult<Planned> {
     let mut entries = vec![];
     for (name, entry) in inodes.imports(dir) {
         let name = name.into_string().map_err(|_| Errno::EINVAL)?;
-        let planned = match &entry {
+        let (mode, planned) = match &entry {
             ImportEntry::File(node) => (node.meta().perm, Planned::File(node.clone())),
             ImportEntry::Dir(d) => match &d.target {
                 Some(target) => (
@@ -117,7 +110,7 @@ fn plan_dir(inodes: &Inodes, dir: u64) -> FsResult<Planned> {
                 None => (d.meta().perm, plan_dir(inodes, d.ino)?),
             },
         };
-        entries.push((name, planned.0, planned.1));
+        entries.push((name, mode, planned));
     }
     Ok(Planned::Dir(entries))
 }

@@ -377,12 +377,12 @@ impl DfcacheFs {
                 dir(IMPORT_INO, IMPORT_DIR),
                 dir(TREES_INO, TREES_DIR),
             ],
-            TASKS_INO => vec![dir(TASKS_INO, "."), dir(ROOT_INO, "..")],
+            TASKS_INO => DirEntry::dots(TASKS_INO, ROOT_INO),
             IMPORT_INO => return Ok(self.import_listing(IMPORT_INO, ROOT_INO)),
             // The trees this mount has opened: which tasks are manifests is
             // not known until one is read.
             TREES_INO => {
-                let mut entries = vec![dir(TREES_INO, "."), dir(ROOT_INO, "..")];
+                let mut entries = DirEntry::dots(TREES_INO, ROOT_INO);
                 for (id, ino) in self.inodes().trees() {
                     entries.push(dir(ino, &id));
                 }

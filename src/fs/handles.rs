@@ -51,6 +51,19 @@ pub struct DirEntry {
     pub name: OsString,
 }
 
+impl DirEntry {
+    /// A directory's own entries, "." and "..", that every listing starts with.
+    pub fn dots(dir: u64, parent: u64) -> Vec<DirEntry> {
+        [(dir, "."), (parent, "..")]
+            .map(|(ino, name)| DirEntry {
+                ino,
+                kind: Kind::Directory,
+                name: name.into(),
+            })
+            .to_vec()
+    }
+}
+
 /// The handle table: files, and directory listings taken at opendir (a
 /// directory of thousands of tasks is asked of the daemon once per
 /// opendir, not once per readdir call, and its offsets stay stable while

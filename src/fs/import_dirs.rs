@@ -139,18 +139,7 @@ impl DfcacheFs {
     }
 
     pub(crate) fn import_listing(&self, dir: u64, parent: u64) -> Vec<DirEntry> {
-        let mut entries = vec![
-            DirEntry {
-                ino: dir,
-                kind: Kind::Directory,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: parent,
-                kind: Kind::Directory,
-                name: "..".into(),
-            },
-        ];
+        let mut entries = DirEntry::dots(dir, parent);
         for (name, entry) in self.inodes().imports(dir) {
             let kind = match &entry {
                 ImportEntry::File(_) => Kind::File,

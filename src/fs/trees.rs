@@ -229,18 +229,7 @@ impl DfcacheFs {
     }
 
     pub(crate) fn tree_listing(&self, dir: &TreeDir) -> Vec<DirEntry> {
-        let mut entries = vec![
-            DirEntry {
-                ino: dir.ino,
-                kind: Kind::Directory,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: dir.parent,
-                kind: Kind::Directory,
-                name: "..".into(),
-            },
-        ];
+        let mut entries = DirEntry::dots(dir.ino, dir.parent);
         entries.extend(dir.children.iter().map(|(name, (ino, kind))| DirEntry {
             ino: *ino,
             kind: *kind,

@@ -88,8 +88,7 @@ impl DfcacheFs {
     /// A new import's first state: a spool file, or a stream to the daemon.
     fn start_import(&self) -> FsResult<ImportState> {
         if let Some(dir) = &self.config.spool {
-            let n = NEXT_SPOOL.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("import-{}-{n}.spool", std::process::id()));
+            let path = new_spool_path(dir);
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -358,6 +357,13 @@ pub fn remove_stale_spool_files(dir: &std::path::Path) -> std::io::Result<usize>
         }
     }
     Ok(removed)
+}
+
+/// A new spool file's path: its name carries this mount's pid, so a mount
+/// that dies leaves files the next one recognises (`remove_stale_spool_files`).
+pub(crate) fn new_spool_path(dir: &std::path::Path) -> std::path::PathBuf {
+    let n = NEXT_SPOOL.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("import-{}-{n}.spool", std::process::id()))
 }
 
 /// Where spool files go; used by the mount's start-up checks.
