@@ -381,3 +381,92 @@ async fn legacy_daemon_reports_unknown_tasks_as_released_dfdaemon_does() {
     assert!(err.to_string().contains("does not exist"), "{err}");
     d.stop().await;
 }
+
+/// One short range read with the raw client: its chunks' bytes, or the
+/// status that ended it.
+async fn raw_short_read(
+    d: &Running,
+    id: &str,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, tonic::Status> {
+    use tokio_stream::StreamExt;
+    let request = ReadPersistentCacheTaskRequest {
+        task_id: id.to_string(),
+        offset: Some(offset),
+        length: Some(length),
+    };
+    let mut stream = d
+        .raw()
+        .read_persistent_cache_task(request)
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    let mut finished = false;
+    while let Some(item) = stream.next().await {
+        match item?.response {
+            Some(ReadMsg::ReadChunkResponse(c)) => {
+                assert_eq!(c.offset, Some(offset + got.len() as u64));
+                got.extend_from_slice(&c.content);
+            }
+            Some(ReadMsg::ReadPersistentCacheTaskFinishedResponse(_)) => finished = true,
+            _ => {}
+        }
+    }
+    assert!(finished, "a read that ends well says it finished");
+    Ok(got)
+}
+
+#[tokio::test]
+async fn short_reads_are_the_same_from_the_page_cache_and_from_the_disk_and_a_cut_file_is_data_loss(
+) {
+    // Short ranges (a random read through the mount) are answered from the
+    // page cache on the connection's thread, or read on a blocking thread
+    // when the page cache lacks them: both must give the same bytes, and
+    // content cut short on disk must be DATA_LOSS, never short data.
+    let d = Running::start(ServeOptions::default()).await;
+    let client = d.client();
+    let data = content(3 * MIB, 9);
+    let id = write_bytes(&client, &data).await;
+    let file = d.store_dir().join("tasks").join(format!("{id}.data"));
+    let check = |got: Vec<u8>, offset: usize, len: usize| {
+        assert!(got == data[offset..offset + len], "range {offset}+{len}");
+    };
+    for (offset, len) in [
+        (0, 4096),
+        (5000, 16384),
+        (3 * MIB - 7, 7),
+        (MIB - 3, 256 << 10),
+    ] {
+        // Out of the page cache first, then in it (the first read put it there).
+        let f = std::fs::File::open(&file).unwrap();
+        // SAFETY: advice only, on a descriptor open for the call.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        for _ in 0..2 {
+            let got = raw_short_read(&d, &id, offset as u64, len as u64)
+                .await
+                .unwrap();
+            check(got, offset, len);
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(2 * MIB as u64)
+        .unwrap();
+    let err = raw_short_read(&d, &id, 2 * MIB as u64 - 100, 4096)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    let got = raw_short_read(&d, &id, 100, 4096).await.unwrap();
+    check(got, 100, 4096);
+    d.stop().await;
+}

@@ -291,7 +291,9 @@ impl DfdaemonDownload for Daemon {
     ) -> Result<Response<Self::ReadPersistentCacheTaskStream>, Status> {
         self.refuse_streaming("ReadPersistentCacheTask")?;
         let extensions = self.emulate == Emulation::Current;
-        read::handle(&self.store, request.into_inner(), extensions).map(Response::new)
+        read::handle(&self.store, request.into_inner(), extensions)
+            .await
+            .map(Response::new)
     }
 
     type DownloadPersistentCacheTaskStream = ResponseStream<DownloadPersistentCacheTaskResponse>;
