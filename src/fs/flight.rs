@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::fs::error::{Errno, FsResult};
+use crate::grpc::Windows;
 
 /// A span's bytes once complete: the received chunks, in order.
 #[derive(Debug, Clone, Default)]
@@ -78,15 +79,17 @@ impl Flight {
 
     /// Adds the next chunk and wakes the readers waiting for it.
     pub fn land(&self, chunk: Bytes) {
-        // One exact-size copy per chunk. A received chunk is a slice of
-        // tonic's receive buffer, which its decoder grows to about twice
-        // the message (it reserves the body's length again once the body
-        // is in): kept as is, a cached 1 MiB chunk pins 2 MiB. Measured,
-        // 2 GiB read with --cache-size 256mib: mount peak RSS 420 MB
-        // uncopied, 231 MB copied, for about the same CPU (1.8 s vs 2.1 s
-        // of 2 cores, noisy). A 1 MiB kernel read is still a slice of one
-        // copied chunk, so the whole piece is never gathered.
-        let chunk = Bytes::copy_from_slice(&chunk);
+        // A large chunk is kept as received, uncopied: the mount's channel
+        // takes frames small enough that it pins little more than itself
+        // (see `Windows::BOUNDED`). A chunk shorter than a frame (a random
+        // read's span) may sit in a buffer twice its size, so it is copied,
+        // which costs little at that size. A 1 MiB kernel read is a slice
+        // of one chunk, so the whole span is never gathered.
+        let chunk = if chunk.len() < Windows::BOUNDED.frame as usize {
+            Bytes::copy_from_slice(&chunk)
+        } else {
+            chunk
+        };
         let landed = {
             let mut chunks = self.chunks();
             chunks.push(chunk);
