@@ -39,15 +39,16 @@ use crate::fs::geometry::TaskGeometry;
 /// a range with O_DIRECT (`store/range.rs`).
 pub const BLOCK: u64 = 4 << 20;
 
-/// Alignment of the span fetched for a random miss. The kernel asks for
-/// the 4 KiB a random reader wants; rounding out lets readers of nearby
-/// bytes share one request (and hit the cache afterwards). Not more: every
-/// byte of the span is copied three times in the mount (twice by tonic's
-/// decoder, once into the cache), and with 64 KiB spans fio's 4 and 16
-/// readers ran CPU-bound at 0.6–0.85× the IOPS of exact 4 KiB fetches;
-/// 16 KiB spans measured level with them at 1 and 4 readers (one noisy
-/// run each, daemon file cached).
-pub const SMALL_SPAN: u64 = 16 << 10;
+/// Alignment of the span fetched for a random miss: the page the kernel
+/// asks for, so concurrent readers of one page share a request and nothing
+/// more is moved. Spans of 16 KiB, meant to let readers of nearby bytes
+/// share, lost to exact pages once the daemon answered short ranges
+/// without a task (fio psync 4 KiB random reads, cold, one quiet run each,
+/// 16 KiB vs 4 KiB spans: 1 reader 3,900-4,416 vs 4,550-4,726 IOPS,
+/// 4 readers 7,034-7,457 vs 8,523-8,558, 16 readers 10,494-10,610 vs
+/// 11,238-11,300). Uniform random readers rarely land near each other; a
+/// sequential reader gets blocks and read-ahead instead.
+pub const SMALL_SPAN: u64 = 4 << 10;
 
 /// Most blocks one read-ahead request asks for: 16 MiB, the daemon's
 /// O_DIRECT read size (`store/range.rs`: a 2 GiB `dd iflag=direct` took

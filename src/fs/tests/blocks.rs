@@ -94,16 +94,17 @@ async fn concurrent_random_reads_in_one_span_make_one_daemon_read() {
 }
 
 #[tokio::test]
-async fn a_random_read_hits_a_span_a_neighbour_fetched() {
+async fn a_random_read_hits_the_span_an_earlier_reader_fetched() {
     let fake = FakeDaemon::new(DEADLINE);
     let (id, data) = big_piece_task(&fake, 70 * MIB, 24);
     let fs = mounted(&fake);
-    for offset in [9 * MIB + 8192, 9 * MIB, 9 * MIB + SMALL_SPAN - 4096] {
+    let span = 9 * MIB + 2 * SMALL_SPAN;
+    for offset in [span + 1024, span, span + SMALL_SPAN - 512] {
         // A reader of its own each time: reads this close together on one
         // handle would count as a sequential run.
         let fh = open_task(&fs, &id).await;
-        let got = fs.read(fh, offset, 4096).await.unwrap();
-        assert_eq!(&got[..], &data[offset as usize..offset as usize + 4096]);
+        let got = fs.read(fh, offset, 512).await.unwrap();
+        assert_eq!(&got[..], &data[offset as usize..offset as usize + 512]);
     }
     assert_eq!(fake.calls(Call::Read), 1, "{:?}", fake.read_ranges());
 }

@@ -17,7 +17,7 @@ use super::{status_of, ResponseStream};
 /// block is read from the disk while the previous one is sent.
 const CHUNKS_AHEAD: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE + 4;
 /// Ranges up to this long are read in one go and sent without a reader
-/// task: what the mount asks for a random read (its spans are 16 KiB).
+/// task: what the mount asks for a random read (the pages a random miss covers).
 const SHORT_RANGE: u64 = 256 << 10;
 
 /// `extensions: false` behaves as a 2.1.12 daemon: the range is ignored,
