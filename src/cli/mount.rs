@@ -38,6 +38,10 @@ pub struct MountArgs {
     /// Most bytes fetched ahead of a sequential reader (0 disables).
     #[arg(long, value_parser = parse_size, default_value = "64mib")]
     pub read_ahead: u64,
+    /// Tasks larger than this are not kept in the kernel's page cache behind
+    /// a sequential reader (0: all are kept) [default: a quarter of the memory].
+    #[arg(long, value_parser = parse_size, env = "DFCACHE_DROP_BEHIND_ABOVE")]
+    pub drop_behind_above: Option<u64>,
     /// Kernel read-ahead of the mount, set through sysfs (0 keeps the kernel's).
     #[arg(long, value_parser = parse_size, default_value = "1mib")]
     pub kernel_read_ahead: u64,
@@ -191,7 +195,11 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         owner,
         modes,
     };
-    let mut fs = DfcacheFs::new(Arc::new(Metered::new(client)), config);
+    let drop_behind_above = args
+        .drop_behind_above
+        .unwrap_or_else(dfcache::fs::drop_behind::quarter_of_memory);
+    let mut fs =
+        DfcacheFs::new(Arc::new(Metered::new(client)), config).with_drop_behind(drop_behind_above);
     if let Some(store) = local_store {
         fs = fs.with_local_content(Arc::new(store));
     }

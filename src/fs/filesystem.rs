@@ -21,6 +21,7 @@ use crate::fs::attr::{Attr, Kind, Modes, Owner, SetAttr};
 use crate::fs::block_cache::BlockCache;
 use crate::fs::commit_tree::TREE_ID_XATTR;
 use crate::fs::daemon::{ClientError, DaemonClient, ImportOptions, TaskInfo};
+use crate::fs::drop_behind::{DropBehind, PageCache};
 use crate::fs::error::{Errno, FsResult};
 use crate::fs::geometry::TaskGeometry;
 pub use crate::fs::handles::DirEntry;
@@ -95,6 +96,9 @@ pub struct DfcacheFs {
     pub(crate) task_files: TaskFiles,
     pub(crate) block_reads: BlockReads,
     pub(crate) handles: Handles,
+    /// Big tasks' pages dropped from the kernel's page cache behind
+    /// sequential readers.
+    pub(crate) drop_behind: DropBehind,
     /// Where task content is a local file (the embedded daemon's store).
     pub(crate) local: Option<Arc<dyn LocalContent>>,
     /// Task ids recently found unknown, so repeated lookups of a wrong id
@@ -136,6 +140,7 @@ impl DfcacheFs {
             cache,
             task_files,
             handles: Handles::default(),
+            drop_behind: DropBehind::new(0),
             local: None,
             negative: Mutex::new(HashMap::new()),
             mounted_at: SystemTime::now(),
@@ -147,6 +152,18 @@ impl DfcacheFs {
     pub fn with_local_content(mut self, local: Arc<dyn LocalContent>) -> Self {
         self.local = Some(local);
         self
+    }
+
+    /// Tasks longer than `above` bytes (0: none) are dropped from the
+    /// kernel's page cache behind a sequential reader.
+    pub fn with_drop_behind(mut self, above: u64) -> Self {
+        self.drop_behind = DropBehind::new(above);
+        self
+    }
+
+    /// Where drops go, once the session is mounted.
+    pub fn attach_page_cache(&self, page_cache: Arc<dyn PageCache>) {
+        self.drop_behind.attach(page_cache);
     }
 
     pub fn cache(&self) -> &BlockCache {

@@ -21,6 +21,7 @@ pub mod attr;
 pub mod block_cache;
 pub mod commit_tree;
 pub mod daemon;
+pub mod drop_behind;
 pub mod error;
 pub mod fetch_run;
 pub mod filesystem;

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::fs::drop_behind::PageCache;
 use crate::fs::filesystem::DfcacheFs;
 use crate::fs::fuse::FuseAdapter;
 
@@ -80,7 +81,7 @@ pub fn mount(
     config.n_threads = Some(settings.threads.max(1));
     config.clone_fd = settings.threads > 1;
     let session = fuser::spawn_mount(
-        FuseAdapter::new(fs, rt, settings.passthrough),
+        FuseAdapter::new(fs.clone(), rt, settings.passthrough),
         mountpoint,
         &config,
     )
@@ -95,11 +96,25 @@ pub fn mount(
             source,
         }
     })?;
+    fs.attach_page_cache(Arc::new(KernelPageCache(session.notifier())));
     if settings.kernel_read_ahead_kb > 0 {
         raise_read_ahead(mountpoint, settings.kernel_read_ahead_kb);
     }
     info!(mountpoint = %mountpoint.display(), "mounted");
     Ok(session)
+}
+
+/// The kernel's page cache of the mount, reached by FUSE notifications.
+struct KernelPageCache(fuser::Notifier);
+
+impl PageCache for KernelPageCache {
+    fn drop_range(&self, ino: u64, offset: u64, len: u64) {
+        let (offset, len) = (offset as i64, len.min(i64::MAX as u64) as i64);
+        if let Err(e) = self.0.inval_inode(fuser::INodeNo(ino), offset, len) {
+            // ENOENT: the kernel forgot the inode, and its pages with it.
+            debug!(ino, offset, len, error = %e, "dropping cached pages failed");
+        }
+    }
 }
 
 /// Whether this process may open /dev/fuse, which fuser does before it

@@ -94,6 +94,14 @@ impl DfcacheFs {
             .read_task(&geometry, &file.readahead, offset, size)
             .await
         {
+            Ok(data) => {
+                self.drop_behind.after_read(
+                    file.node.ino(),
+                    geometry.content_length,
+                    &file.readahead,
+                );
+                Ok(data)
+            }
             Err(e) if e == Errno::ENOENT => {
                 // Deleted or expired while open: what the kernel cached
                 // still reads; the rest is ESTALE (as NFS says of a file

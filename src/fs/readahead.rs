@@ -12,6 +12,9 @@ pub struct Readahead {
     /// Blocks to keep ahead of the reader; 0 while not sequential.
     window: u64,
     seen_first: bool,
+    /// Where the current run started, or how far behind it the page
+    /// cache was dropped (see `drop_behind.rs`).
+    dropped_to: u64,
 }
 
 impl Readahead {
@@ -36,8 +39,26 @@ impl Readahead {
         self.next_offset = self.next_offset.max(offset + len);
         if !sequential {
             self.next_offset = offset + len;
+            // A new run drops nothing before where it started.
+            self.dropped_to = offset;
         }
         self.window
+    }
+
+    /// The range a sequential run left more than `lag` bytes behind and
+    /// that was not dropped yet, once it is at least `step` long (rounded
+    /// to steps); None for a reader that is not sequential.
+    pub fn behind(&mut self, lag: u64, step: u64) -> Option<(u64, u64)> {
+        if self.window == 0 {
+            return None;
+        }
+        let upto = self.next_offset.saturating_sub(lag) / step * step;
+        if upto < self.dropped_to.saturating_add(step) {
+            return None;
+        }
+        let from = self.dropped_to;
+        self.dropped_to = upto;
+        Some((from, upto))
     }
 }
 
@@ -63,6 +84,41 @@ mod tests {
         let mut r = Readahead::default();
         for offset in [500u64, 90 << 20, 7 << 20, 300 << 20] {
             assert_eq!(r.on_read(offset, 4096, 8), 0);
+        }
+    }
+
+    #[test]
+    fn a_sequential_run_drops_what_it_left_behind_in_steps_and_a_seek_starts_over() {
+        let mut r = Readahead::default();
+        let mib = 1 << 20;
+        for i in 0..10 {
+            r.on_read(i * mib, mib, 8);
+        }
+        // Read up to 10 MiB; 4 MiB kept behind; steps of 2 MiB.
+        assert_eq!(r.behind(4 * mib, 2 * mib), Some((0, 6 * mib)));
+        assert_eq!(r.behind(4 * mib, 2 * mib), None, "nothing new");
+        r.on_read(10 * mib, mib, 8);
+        assert_eq!(r.behind(4 * mib, 2 * mib), None, "less than a step");
+        r.on_read(11 * mib, mib, 8);
+        assert_eq!(r.behind(4 * mib, 2 * mib), Some((6 * mib, 8 * mib)));
+        r.on_read(500 * mib, mib, 8);
+        assert_eq!(r.behind(4 * mib, 2 * mib), None, "a seek is not sequential");
+        for i in 501..520 {
+            r.on_read(i * mib, mib, 8);
+        }
+        assert_eq!(
+            r.behind(4 * mib, 2 * mib),
+            Some((500 * mib, 516 * mib)),
+            "the new run drops from where it started"
+        );
+    }
+
+    #[test]
+    fn random_readers_drop_nothing() {
+        let mut r = Readahead::default();
+        for offset in [900u64 << 20, 10 << 20, 700 << 20] {
+            r.on_read(offset, 4096, 8);
+            assert_eq!(r.behind(0, 4096), None);
         }
     }
 

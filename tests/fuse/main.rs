@@ -8,6 +8,7 @@ mod harness;
 
 mod concurrency;
 mod deploy_probes;
+mod drop_behind;
 mod failures;
 mod faults;
 mod import;
