@@ -7,11 +7,18 @@
 //! once 4 to 10 GiB of the task sat in the kernel's page cache, and stayed
 //! there (four runs, with 5 or 11 GiB of memory touched just before);
 //! the same read with `iflag=nocache` ran 713-929 MB/s from the first GiB
-//! to the last, twice. A cold read of the daemon's own 16 GiB file, whose
-//! pages fill the same page cache, does not fall, so it is something of
-//! the FUSE path's page cache that we have not pinned down. A task this
-//! size does not stay cached for a re-read anyway; a smaller one (under
-//! the bound, a quarter of the memory by default) keeps every page.
+//! to the last, twice. `perf -a` of a 1 GiB step says why: the kernel's
+//! copy of the mount's replies into new page-cache pages (`__pi_memcpy`
+//! under `fuse_copy_folio`) was 5.6% of the samples in the 2nd GiB and 43%
+//! in the 10th, for the same bytes. New pages past the first few GiB are,
+//! most likely,
+//! memory this VM has reported free to its host, and the first write to
+//! each faults in the host (the README's benchmark notes). A disk read
+//! into the page cache does not fall the same way (the host fills those
+//! pages itself). Dropped pages return to the free lists still backed, so
+//! the next replies land in them. And a task this size does not stay
+//! cached for a re-read anyway; a smaller one (under the bound, a quarter
+//! of the memory by default) keeps every page.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
