@@ -11,9 +11,9 @@
 //! copy of the mount's replies into new page-cache pages (`__pi_memcpy`
 //! under `fuse_copy_folio`) was 5.6% of the samples in the 2nd GiB and 43%
 //! in the 10th, for the same bytes. New pages past the first few GiB are,
-//! most likely,
-//! memory this VM has reported free to its host, and the first write to
-//! each faults in the host (the README's benchmark notes). A disk read
+//! most likely, memory this VM has reported free to its host, and the
+//! first write to each faults in the host (the README's benchmark notes).
+//! A disk read
 //! into the page cache does not fall the same way (the host fills those
 //! pages itself). Dropped pages return to the free lists still backed, so
 //! the next replies land in them. And a task this size does not stay
