@@ -13,12 +13,11 @@
 //! in the 10th, for the same bytes. New pages past the first few GiB are,
 //! most likely, memory this VM has reported free to its host, and the
 //! first write to each faults in the host (the README's benchmark notes).
-//! A disk read
-//! into the page cache does not fall the same way (the host fills those
-//! pages itself). Dropped pages return to the free lists still backed, so
-//! the next replies land in them. And a task this size does not stay
-//! cached for a re-read anyway; a smaller one (under the bound, a quarter
-//! of the memory by default) keeps every page.
+//! A disk read into the page cache does not fall the same way (the host
+//! fills those pages itself). Dropped pages return to the free lists still
+//! backed, so the next replies land in them. And a task this size does not
+//! stay cached for a re-read anyway; a smaller one (under the bound, a
+//! quarter of the memory by default) keeps every page.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
