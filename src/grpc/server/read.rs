@@ -67,12 +67,7 @@ pub async fn handle(
                     Ok(Some(next)) => next,
                     Ok(None) => break,
                     Err(e) => {
-                        let status = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                            Status::data_loss(e.to_string())
-                        } else {
-                            Status::internal(format!("read task content: {e}"))
-                        };
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(read_failed(e))).await;
                         return;
                     }
                 };
@@ -116,8 +111,18 @@ async fn short_range(
     end: u64,
 ) -> ResponseStream<ReadPersistentCacheTaskResponse> {
     let len = (end - offset) as usize;
-    let messages = match read_short(file, offset, len).await {
-        Ok(content) if content.len() == len => vec![
+    let read = read_short(file, offset, len).await.and_then(|content| {
+        if content.len() == len {
+            Ok(content)
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "task content is shorter than recorded",
+            ))
+        }
+    });
+    let replies: Vec<_> = match read {
+        Ok(content) => [
             Msg::ReadPersistentCacheTaskStartedResponse(started),
             Msg::ReadChunkResponse(ReadChunkResponse {
                 content,
@@ -126,21 +131,27 @@ async fn short_range(
             Msg::ReadPersistentCacheTaskFinishedResponse(
                 ReadPersistentCacheTaskFinishedResponse {},
             ),
-        ],
-        Ok(_) => {
-            let lost = Status::data_loss("task content is shorter than recorded");
-            return Box::pin(tokio_stream::iter([Err(lost)]));
-        }
-        Err(e) => {
-            let failed = Status::internal(format!("read task content: {e}"));
-            return Box::pin(tokio_stream::iter([Err(failed)]));
-        }
-    };
-    Box::pin(tokio_stream::iter(messages.into_iter().map(|msg| {
-        Ok(ReadPersistentCacheTaskResponse {
-            response: Some(msg),
+        ]
+        .into_iter()
+        .map(|msg| {
+            Ok(ReadPersistentCacheTaskResponse {
+                response: Some(msg),
+            })
         })
-    })))
+        .collect(),
+        Err(e) => vec![Err(read_failed(e))],
+    };
+    Box::pin(tokio_stream::iter(replies))
+}
+
+/// The status a failed content read ends a read with: content shorter
+/// than its metadata says is DATA_LOSS, anything else INTERNAL.
+fn read_failed(e: std::io::Error) -> Status {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Status::data_loss(e.to_string())
+    } else {
+        Status::internal(format!("read task content: {e}"))
+    }
 }
 
 async fn send(
