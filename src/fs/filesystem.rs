@@ -220,18 +220,7 @@ impl DfcacheFs {
         } else {
             meta.perm
         };
-        Attr {
-            ino: node.ino,
-            kind: Kind::File,
-            size: state.size(),
-            perm,
-            uid: meta.uid,
-            gid: meta.gid,
-            atime: meta.atime,
-            mtime: meta.mtime,
-            ctime: meta.ctime,
-            immutable: false,
-        }
+        meta.attr(node.ino, Kind::File, state.size(), perm)
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {

@@ -110,23 +110,12 @@ impl DfcacheFs {
     }
 
     pub(crate) fn import_dir_attr(&self, dir: &ImportDir) -> Attr {
-        let meta = dir.meta().clone();
         let (kind, size) = match &dir.target {
             Some(target) => (Kind::Symlink, target.len() as u64),
             None => (Kind::Directory, 0),
         };
-        Attr {
-            ino: dir.ino,
-            kind,
-            size,
-            perm: meta.perm,
-            uid: meta.uid,
-            gid: meta.gid,
-            atime: meta.atime,
-            mtime: meta.mtime,
-            ctime: meta.ctime,
-            immutable: false,
-        }
+        let meta = dir.meta();
+        meta.attr(dir.ino, kind, size, meta.perm)
     }
 
     /// `parent/name` under `import/`.

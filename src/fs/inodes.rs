@@ -6,6 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crate::fs::attr::{Attr, Kind};
 use crate::fs::geometry::TaskGeometry;
 use crate::fs::import::ImportState;
 use crate::fs::trees::{build as build_tree, TreeNode};
@@ -90,6 +91,24 @@ impl ImportMeta {
             self.mtime = mtime;
         }
         self.ctime = SystemTime::now();
+    }
+
+    /// The attributes of the entry `ino` this describes, with what the
+    /// entry itself knows: its kind, size and (for a finished file, read
+    /// only) permission bits.
+    pub fn attr(&self, ino: u64, kind: Kind, size: u64, perm: u16) -> Attr {
+        Attr {
+            ino,
+            kind,
+            size,
+            perm,
+            uid: self.uid,
+            gid: self.gid,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            immutable: false,
+        }
     }
 }
 
