@@ -2,8 +2,8 @@
 //! `user.dfcache.tree_id` xattr builds the directory's manifest from the
 //! tasks its files became, imports the manifest as a task, and returns
 //! that task's id, the tree's. The tree then opens under `trees/<id>/`.
-//! EBUSY while any file inside is still being written (or has not been
-//! closed yet): a tree is made of finished tasks only.
+//! EBUSY while any file inside is still being written (not yet closed or
+//! fsynced): a tree is made of finished tasks only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +42,12 @@ impl DfcacheFs {
         for node in files {
             let state = node.state.lock().await;
             match &*state {
-                ImportState::Finished(f) if node.meta().writers == 0 => {
+                // Committed by a close() or an fsync(): its task is final
+                // (later writes fail with EIO), whatever descriptors are
+                // still open. Waiting for those too made a getxattr right
+                // after close() fail now and then: the kernel sends the
+                // RELEASE that closes the descriptor after close() returned.
+                ImportState::Finished(f) => {
                     tasks.insert(node.ino, (f.task_id.clone(), f.content_length));
                 }
                 _ => {

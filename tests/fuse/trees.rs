@@ -125,6 +125,30 @@ print(len(os.getxattr(d, 'user.dfcache.tree_id')))
 }
 
 #[test]
+fn a_file_fsynced_but_still_open_is_finished_for_its_tree_and_takes_no_more_writes() {
+    let root = tempdir();
+    let m = Mounted::embedded(root.path(), &[]);
+    sh_ok(&format!("mkdir -p {}", q(&m.import("a"))));
+    let code = r#"
+import errno, os, sys
+d = sys.argv[1]
+fd = os.open(d + '/f', os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b'whole')
+os.fsync(fd)
+print(len(os.getxattr(d, 'user.dfcache.tree_id')))
+try:
+    os.write(fd, b'more')
+    print('written after the commit')
+except OSError as e:
+    print('EIO' if e.errno == errno.EIO else e)
+os.close(fd)
+"#;
+    let out = python(code, &[m.import("a").to_str().unwrap()]);
+    assert_eq!(succeeded(&out, "python"), "64\nEIO");
+    assert_eq!(std::fs::read(m.import("a/f")).unwrap(), b"whole");
+}
+
+#[test]
 fn a_released_dfdaemon_with_a_spool_commits_and_shows_the_same_tree() {
     let root = tempdir();
     let src = root.path().join("model");
