@@ -16,5 +16,6 @@ pub mod fs;
 pub mod grpc;
 pub mod mapping;
 pub mod metrics;
+pub mod short_reads;
 pub mod store;
 pub mod tree;

@@ -152,11 +152,12 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
     let _metrics = super::start_metrics(args.metrics_addr.as_deref(), exposed, refresh).await?;
     // Every daemon call of the mount is bounded by --fetch-timeout: a frozen
     // daemon must not hang the programs (and kubelet) touching the mount.
-    let client =
-        Client::with_windows(&socket, dfcache::grpc::Windows::BOUNDED).with_deadlines(Deadlines {
+    let client = Client::with_windows(&socket, dfcache::grpc::Windows::BOUNDED)
+        .with_deadlines(Deadlines {
             call: args.fetch_timeout,
             progress: args.fetch_timeout,
-        });
+        })
+        .with_short_reads();
     match client.probe_streaming().await {
         Ok(false) if args.spool.is_none() => bail!(
             "the daemon at {} has no streaming RPCs (a released dfdaemon): it imports files by path, so \

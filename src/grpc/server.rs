@@ -29,6 +29,7 @@ use crate::grpc::socket::{
 use crate::store::{Store, StoreError, TaskMeta, WriteParams};
 
 pub use listener::{bind_socket, SocketId, DEFAULT_SOCKET_MODE};
+pub(crate) use read::{range_end, read_exact};
 
 /// How the daemon behaves beyond its store.
 #[derive(Debug, Clone)]
@@ -84,6 +85,9 @@ pub enum Emulation {
     Legacy,
 }
 
+/// Accepted connections, as tonic takes them.
+type Incoming = Pin<Box<dyn Stream<Item = std::io::Result<tokio::net::UnixStream>> + Send>>;
+
 /// Serves `store` on `socket` until `shutdown` resolves.
 pub async fn serve(
     store: Store,
@@ -94,16 +98,23 @@ pub async fn serve(
     let (listener, socket_id) = bind_socket(socket, options.socket_mode)?;
     let gc = store.spawn_gc(options.gc_interval);
     info!(socket = %socket.display(), "embedded daemon listening");
+    // Short reads have a channel of their own on the same socket, unless
+    // this daemon stands in for one that had none.
+    let incoming: Incoming = if options.emulate == Emulation::Current {
+        Box::pin(crate::short_reads::server::Incoming::new(
+            listener,
+            store.clone(),
+        ))
+    } else {
+        Box::pin(tokio_stream::wrappers::UnixListenerStream::new(listener))
+    };
     let result = tonic::transport::Server::builder()
         .max_frame_size(GRPC_FRAME_SIZE)
         .initial_stream_window_size(GRPC_STREAM_WINDOW)
         .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
         .layer(crate::metrics::rpc_layer::RpcMetricsLayer)
         .add_service(service(store, &options))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     gc.abort();
     socket_id.remove_if_ours(socket);

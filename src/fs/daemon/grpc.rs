@@ -48,6 +48,9 @@ impl DaemonClient for Client {
     }
 
     async fn read(&self, task_id: &str, range: ReadRange) -> ClientResult<Box<dyn ChunkStream>> {
+        if let Some(content) = self.short_read(task_id, range).await? {
+            return Ok(Box::new(Whole(Some(content))));
+        }
         Ok(Box::new(self.read_task(task_id, range).await?))
     }
 
@@ -93,6 +96,16 @@ impl DaemonClient for Client {
             self.download_task(task_id, Some(daemon_path), true, false, None)
                 .await?,
         ))
+    }
+}
+
+/// A range that came in one piece (from the short-read channel).
+struct Whole(Option<Bytes>);
+
+#[tonic::async_trait]
+impl ChunkStream for Whole {
+    async fn next_chunk(&mut self) -> ClientResult<Option<Bytes>> {
+        Ok(self.0.take().filter(|c| !c.is_empty()))
     }
 }
 

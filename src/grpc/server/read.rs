@@ -18,7 +18,7 @@ use super::{status_of, ResponseStream};
 const CHUNKS_AHEAD: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE + 4;
 /// Ranges up to this long are read in one go and sent without a reader
 /// task: what the mount asks for a random read (the pages a random miss covers).
-const SHORT_RANGE: u64 = 256 << 10;
+pub(crate) const SHORT_RANGE: u64 = 256 << 10;
 
 /// `extensions: false` behaves as a 2.1.12 daemon: the range is ignored,
 /// there is no started message and chunks carry no offset.
@@ -33,16 +33,7 @@ pub async fn handle(
         req.length = None;
     }
     let offset = req.offset.unwrap_or(0);
-    if offset > meta.content_length {
-        return Err(Status::out_of_range(format!(
-            "offset {offset} is past the end of the task ({} bytes)",
-            meta.content_length
-        )));
-    }
-    let end = match req.length {
-        Some(len) => offset.saturating_add(len).min(meta.content_length),
-        None => meta.content_length,
-    };
+    let end = range_end(meta.content_length, offset, req.length)?;
     let started = ReadPersistentCacheTaskStartedResponse {
         content_length: meta.content_length,
         piece_length: meta.piece_length,
@@ -110,18 +101,7 @@ async fn short_range(
     offset: u64,
     end: u64,
 ) -> ResponseStream<ReadPersistentCacheTaskResponse> {
-    let len = (end - offset) as usize;
-    let read = read_short(file, offset, len).await.and_then(|content| {
-        if content.len() == len {
-            Ok(content)
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "task content is shorter than recorded",
-            ))
-        }
-    });
-    let replies: Vec<_> = match read {
+    let replies: Vec<_> = match read_exact(file, offset, end).await {
         Ok(content) => [
             Msg::ReadPersistentCacheTaskStartedResponse(started),
             Msg::ReadChunkResponse(ReadChunkResponse {
@@ -139,9 +119,45 @@ async fn short_range(
             })
         })
         .collect(),
-        Err(e) => vec![Err(read_failed(e))],
+        Err(status) => vec![Err(status)],
     };
     Box::pin(tokio_stream::iter(replies))
+}
+
+/// Where a read of `length` bytes (None: to the end) from `offset` ends,
+/// clamped to the task; OUT_OF_RANGE past its end.
+pub(crate) fn range_end(
+    content_length: u64,
+    offset: u64,
+    length: Option<u64>,
+) -> Result<u64, Status> {
+    if offset > content_length {
+        return Err(Status::out_of_range(format!(
+            "offset {offset} is past the end of the task ({content_length} bytes)"
+        )));
+    }
+    Ok(match length {
+        Some(len) => offset.saturating_add(len).min(content_length),
+        None => content_length,
+    })
+}
+
+/// Bytes `offset..end` of a task's content file, read in one go; content
+/// shorter than its metadata says is DATA_LOSS.
+pub(crate) async fn read_exact(
+    file: std::sync::Arc<std::fs::File>,
+    offset: u64,
+    end: u64,
+) -> Result<bytes::Bytes, Status> {
+    let len = (end - offset) as usize;
+    match read_short(file, offset, len).await {
+        Ok(content) if content.len() == len => Ok(content),
+        Ok(_) => Err(read_failed(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "task content is shorter than recorded",
+        ))),
+        Err(e) => Err(read_failed(e)),
+    }
 }
 
 /// The status a failed content read ends a read with: content shorter
