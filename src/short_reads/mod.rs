@@ -4,11 +4,13 @@
 //!
 //! Why: a random 4 KiB read through the mount is one daemon round trip,
 //! and over gRPC that round trip cost more CPU than everything else the
-//! read does. Fio psync, 1 reader, 2 GiB task, daemon cold, interleaved
-//! runs on this 2-core VM: 4,334-5,397 IOPS over gRPC against
-//! 7,280-8,210 with this framing; per read the mount spent 110-150 us of
-//! CPU and the daemon 90-125 us over gRPC (HTTP/2 frames, tonic, a task
-//! per stream on both sides), 53-61 and 57-66 us here.
+//! read does: per read the mount spent 110-150 us of CPU and the daemon
+//! 90-125 us (HTTP/2 frames, tonic, a task per stream on both sides), so
+//! one reader got 3,100-5,400 IOPS on this 2-core VM (fio psync, 2 GiB
+//! task, daemon cold). A first cut of this framing, interleaved with gRPC
+//! in one session: 7,280-8,210 IOPS against 4,334-5,397. This one: 68 and
+//! 70 us of CPU per read, 5,946 and 6,737 IOPS in two runs of
+//! `scripts/bench-mount.sh`.
 //!
 //! A connection says which protocol it speaks with its first byte: an
 //! HTTP/2 client's preface starts with `P`, this channel's hello with
