@@ -243,7 +243,9 @@ impl BlockCache {
             return 0;
         };
         let last_block = task.content_length.div_ceil(BLOCK);
-        let count = count.clamp(1, self.max_run()).min(last_block - index);
+        let count = count
+            .clamp(1, max_run(self.budget_units))
+            .min(last_block - index);
         let mut run = Vec::new();
         {
             let mut inflight = self.lock_inflight();
@@ -274,11 +276,6 @@ impl BlockCache {
             .instrument(span),
         );
         started
-    }
-
-    /// Longest read-ahead run: two fit in the in-flight budget.
-    fn max_run(&self) -> u64 {
-        max_run(self.budget_units)
     }
 
     /// Whether block `index` is cached or being fetched.
@@ -396,7 +393,7 @@ fn block_key(task: &TaskGeometry, index: u64) -> SpanKey {
 }
 
 /// Most blocks one read-ahead request asks for with a budget of
-/// `budget_units`: half the budget, up to `RUN_BLOCKS`.
+/// `budget_units`: half the budget (two runs fit in it), up to `RUN_BLOCKS`.
 fn max_run(budget_units: u32) -> u64 {
     (u64::from(budget_units) * UNIT / BLOCK / 2).clamp(1, RUN_BLOCKS)
 }

@@ -119,13 +119,10 @@ impl Client {
 
     /// The same client, asking short ranges (a random read's pages) on the
     /// daemon's short-read channel where it has one: a round trip there
-    /// costs half the CPU of a gRPC read (see `short_reads`). Set the
-    /// deadlines first: each exchange is bounded by the call deadline.
+    /// costs half the CPU of a gRPC read (see `short_reads`). Each exchange
+    /// is bounded by the call deadline.
     pub fn with_short_reads(mut self) -> Self {
-        self.short_reads = Some(Arc::new(ShortReads::new(
-            self.socket.clone(),
-            self.deadlines.call,
-        )));
+        self.short_reads = Some(Arc::new(ShortReads::new(self.socket.clone())));
         self
     }
 
@@ -133,7 +130,11 @@ impl Client {
     /// it is to be read through gRPC (no channel, or not a short range).
     pub async fn short_read(&self, task_id: &str, range: ReadRange) -> ClientResult<Option<Bytes>> {
         match (&self.short_reads, range.length) {
-            (Some(short), Some(length)) => short.read(task_id, range.offset, length).await,
+            (Some(short), Some(length)) => {
+                short
+                    .read(task_id, range.offset, length, self.deadlines.call)
+                    .await
+            }
             _ => Ok(None),
         }
     }

@@ -29,7 +29,7 @@ use crate::grpc::socket::{
 use crate::store::{Store, StoreError, TaskMeta, WriteParams};
 
 pub use listener::{bind_socket, SocketId, DEFAULT_SOCKET_MODE};
-pub(crate) use read::{range_end, read_exact};
+pub(crate) use read::{range_end, read_exact, SHORT_RANGE};
 
 /// How the daemon behaves beyond its store.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::{Code, Status};
 
-use super::{parse_reply_header, Request, HELLO, MAX_LEN, MAX_MESSAGE, REPLY_HEADER};
+use super::{parse_reply_header, Request, HELLO, MAX_MESSAGE, REPLY_HEADER};
 use crate::grpc::client::{ClientError, ClientResult};
 
 /// Connections open at once, at most: more concurrent short reads than
@@ -24,9 +24,6 @@ const LACKING: u8 = 2;
 
 pub struct ShortReads {
     socket: PathBuf,
-    /// Connecting, the hello, and each request with its reply, each
-    /// within this (the mount's --fetch-timeout).
-    within: Duration,
     idle: Mutex<Vec<UnixStream>>,
     open: AtomicUsize,
     offered: AtomicU8,
@@ -39,10 +36,9 @@ enum Reply {
 }
 
 impl ShortReads {
-    pub fn new(socket: PathBuf, within: Duration) -> Self {
+    pub fn new(socket: PathBuf) -> Self {
         Self {
             socket,
-            within,
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             offered: AtomicU8::new(UNKNOWN),
@@ -61,21 +57,27 @@ impl ShortReads {
     /// Bytes `offset..offset + length` of a task (fewer at its end), or
     /// None when this read should go through gRPC: the daemon lacks the
     /// channel, cannot be reached (gRPC then says why), or every
-    /// connection is busy.
+    /// connection is busy. Connecting, the hello, and the request with its
+    /// reply each take at most `within` (the mount's --fetch-timeout).
     pub async fn read(
         &self,
         task_id: &str,
         offset: u64,
         length: u64,
+        within: Duration,
     ) -> ClientResult<Option<Bytes>> {
-        if self.offered() == Some(false) || length == 0 || length > u64::from(MAX_LEN) {
+        if self.offered() == Some(false) {
             return Ok(None);
         }
+        let Ok(length) = u32::try_from(length) else {
+            return Ok(None);
+        };
         let request = Request {
             task_id: task_id.to_string(),
             offset,
-            length: length as u32,
+            length,
         };
+        // None: a range (or id) out of the channel's bounds, for gRPC.
         let Some(wire) = request.encode() else {
             return Ok(None);
         };
@@ -88,13 +90,13 @@ impl ShortReads {
                 Some(conn) => conn,
                 None => {
                     reused = false;
-                    match self.connect().await? {
+                    match self.connect(within).await? {
                         Some(conn) => conn,
                         None => return Ok(None),
                     }
                 }
             };
-            match self.exchange(conn, &wire, request.length).await {
+            match self.exchange(conn, &wire, request.length, within).await {
                 Err(ClientError::ConnectionLost { .. }) if reused => reused = false,
                 Err(e) => return Err(e),
                 Ok(Reply::Content(bytes)) => return Ok(Some(bytes)),
@@ -124,7 +126,7 @@ impl ShortReads {
 
     /// A new connection that said hello; None when the daemon lacks the
     /// channel, is not there, or the connections are all in use.
-    async fn connect(&self) -> ClientResult<Option<Conn<'_>>> {
+    async fn connect(&self, within: Duration) -> ClientResult<Option<Conn<'_>>> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return Ok(None);
@@ -135,13 +137,12 @@ impl ShortReads {
             owner: self,
             kept: false,
         };
-        let stream =
-            match tokio::time::timeout(self.within, UnixStream::connect(&self.socket)).await {
-                Ok(Ok(stream)) => stream,
-                // No daemon: gRPC's read fails the same way, with its words.
-                Ok(Err(_)) => return Ok(None),
-                Err(_) => return Err(self.timed_out("a connection")),
-            };
+        let stream = match tokio::time::timeout(within, UnixStream::connect(&self.socket)).await {
+            Ok(Ok(stream)) => stream,
+            // No daemon: gRPC's read fails the same way, with its words.
+            Ok(Err(_)) => return Ok(None),
+            Err(_) => return Err(self.timed_out("a connection", within)),
+        };
         let stream = conn.stream.insert(stream);
         let hello = async {
             stream.write_all(&HELLO).await?;
@@ -149,7 +150,7 @@ impl ShortReads {
             stream.read_exact(&mut answer).await?;
             Ok::<_, std::io::Error>(answer)
         };
-        match tokio::time::timeout(self.within, hello).await {
+        match tokio::time::timeout(within, hello).await {
             Ok(Ok(answer)) if answer == HELLO => {
                 self.offered.store(OFFERED, Ordering::Relaxed);
                 Ok(Some(conn))
@@ -162,13 +163,19 @@ impl ShortReads {
                 }
                 Ok(None)
             }
-            Err(_) => Err(self.timed_out("the short-read hello")),
+            Err(_) => Err(self.timed_out("the short-read hello", within)),
         }
     }
 
     /// One request and its reply; the connection is kept for the next
     /// one only if the exchange completed.
-    async fn exchange(&self, mut conn: Conn<'_>, wire: &[u8], asked: u32) -> ClientResult<Reply> {
+    async fn exchange(
+        &self,
+        mut conn: Conn<'_>,
+        wire: &[u8],
+        asked: u32,
+        within: Duration,
+    ) -> ClientResult<Reply> {
         let Some(stream) = conn.stream.as_mut() else {
             return Err(ClientError::Protocol(
                 "a short-read connection without a socket".into(),
@@ -199,18 +206,18 @@ impl ShortReads {
                 Reply::Failed(Status::new(Code::from_i32(i32::from(status)), message))
             })
         };
-        let reply = tokio::time::timeout(self.within, round_trip)
+        let reply = tokio::time::timeout(within, round_trip)
             .await
-            .map_err(|_| self.timed_out("a short read"))??;
+            .map_err(|_| self.timed_out("a short read", within))??;
         conn.keep();
         Ok(reply)
     }
 
-    fn timed_out(&self, what: &'static str) -> ClientError {
+    fn timed_out(&self, what: &'static str, after: Duration) -> ClientError {
         ClientError::TimedOut {
             socket: self.socket.clone(),
             what,
-            after: self.within,
+            after,
         }
     }
 }

@@ -37,8 +37,8 @@ pub const HELLO: [u8; 8] = *b"\xDFdfc-sr1";
 /// Longest task id a request may carry (ids are 64 hex digits).
 pub const MAX_ID_LEN: usize = 128;
 /// Longest range one request may ask for: what the daemon reads in one
-/// go for gRPC too (`grpc::server::read::SHORT_RANGE`).
-pub const MAX_LEN: u32 = 256 << 10;
+/// go for gRPC too.
+pub const MAX_LEN: u32 = crate::grpc::server::SHORT_RANGE as u32;
 /// Longest error message in a reply.
 pub const MAX_MESSAGE: u32 = 4 << 10;
 /// Bytes of a request before its task id, and after it.
