@@ -25,6 +25,7 @@ use crate::grpc::pb::dfdaemon::dfdaemon_download_client::DfdaemonDownloadClient;
 use crate::grpc::pb::dfdaemon::*;
 use crate::grpc::socket::{connect_channel_with, Windows, GRPC_MAX_MESSAGE};
 use crate::short_reads::client::ShortReads;
+use crate::short_reads::MAX_LEN;
 
 pub use error::{ClientError, ClientResult};
 pub use legacy::{DownloadedPiece, PieceStream};
@@ -130,7 +131,8 @@ impl Client {
     /// it is to be read through gRPC (no channel, or not a short range).
     pub async fn short_read(&self, task_id: &str, range: ReadRange) -> ClientResult<Option<Bytes>> {
         match (&self.short_reads, range.length) {
-            (Some(short), Some(length)) => {
+            // Longer ranges (read-ahead's blocks) go straight to gRPC.
+            (Some(short), Some(length)) if length <= u64::from(MAX_LEN) => {
                 short
                     .read(task_id, range.offset, length, self.deadlines.call)
                     .await
