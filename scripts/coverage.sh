@@ -15,7 +15,7 @@
 # per source line as `llvm-cov show` and its lcov export count them (its
 # `report` summary counts some lines twice, once per function such as a
 # closure that shares them), less the unit-test modules (`#[cfg(test)] mod`)
-# in src/. Exits with the test run's status; the report is printed also
+# in the crates. Exits with the test run's status; the report is printed also
 # when tests fail. The first run builds every dependency again (about
 # 3.5 GB in target/coverage); later runs rebuild only dfcache.
 # Arguments go to the test binaries (e.g. `-- --test-threads 1`) through
@@ -31,7 +31,8 @@ cd "$(dirname "$0")/.."
 
 CARGO_LLVM_COV_VERSION=0.9.1
 OUT=target/coverage
-MODULES=(src/fs/ src/grpc/ src/store/ src/mapping/ src/domain/ src/cli/ src/direct_io/ src/)
+# One row per crate of the workspace (the binary and its CLI in src/).
+MODULES=(crates/mount/ crates/client/ crates/daemon/ crates/wire/ crates/direct-io/ crates/metrics/ src/)
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -91,7 +92,7 @@ cargo llvm-cov clean --workspace
 start=$(date +%s)
 status=0
 # shellcheck disable=SC2086 # COVERAGE_CARGO_ARGS is a list of options
-cargo llvm-cov --locked --no-report --no-fail-fast ${COVERAGE_CARGO_ARGS:-} "$@" || status=$?
+cargo llvm-cov --workspace --locked --no-report --no-fail-fast ${COVERAGE_CARGO_ARGS:-} "$@" || status=$?
 echo "tests: exit status $status, $(($(date +%s) - start)) s"
 
 # A process killed before its profile's header was written leaves a file
@@ -158,13 +159,13 @@ for m in modules:
     covered = sum(v for n, (_, v) in files.items() if n.startswith(m))
     rows.append((m, count, covered))
 
-table = [f"{'module':<16} {'lines':>7} {'covered':>8} {'percent':>8}"]
-table += [f"{m:<16} {c:>7} {v:>8} {pct(c, v):>7.1f}%" for m, c, v in rows]
+table = [f"{'crate':<18} {'lines':>7} {'covered':>8} {'percent':>8}"]
+table += [f"{m:<18} {c:>7} {v:>8} {pct(c, v):>7.1f}%" for m, c, v in rows]
 per_file = [f"{'file':<40} {'lines':>7} {'covered':>8} {'percent':>8}"]
 per_file += [f"{n:<40} {c:>7} {v:>8} {pct(c, v):>7.1f}%" for n, (c, v) in sorted(files.items())]
 note = (
     "lines: lines with code, as llvm-cov counts them, less the unit-test modules\n"
-    f"(#[cfg(test)] mod) in src/; with those, src/ has {with_tests[1]} of {with_tests[0]} "
+    f"(#[cfg(test)] mod); with those, the workspace has {with_tests[1]} of {with_tests[0]} "
     f"covered ({pct(with_tests[0], with_tests[1]):.1f}%)"
 )
 open(f"{out}/modules.txt", "w").write("\n".join(table + [note]) + "\n")

@@ -2,6 +2,7 @@
 //! subcommand, and turns its error into one clear sentence and exit code 1.
 
 mod cli;
+mod embedded;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -46,14 +47,19 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         let global = &cli.global;
         match cli.command {
+            // --recursive: a directory as a tree of tasks.
+            Command::Import(args) if args.recursive => cli::tree::run_import(global, args).await,
             Command::Import(args) => cli::import::run(global, args).await,
+            Command::Export(args) if args.recursive => cli::tree::export(global, &args).await,
             Command::Export(args) => cli::export::run(global, args).await,
             Command::Stat(args) => cli::stat::run(global, args).await,
             Command::Ls(args) => cli::ls::run(global, args).await,
             Command::Rm(args) => cli::rm::run(global, args).await,
             Command::Serve(args) => cli::serve::run(args).await,
             Command::Mount(args) => cli::mount::run(global, args).await,
-            Command::Completions(args) => cli::completions::run(args),
+            Command::Completions(args) => {
+                cli::completions::run(args, <Cli as clap::CommandFactory>::command())
+            }
         }
     });
     match result {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfcache::grpc::server::ServeOptions;
+use dfcache_daemon::server::ServeOptions;
 
 mod common;
 

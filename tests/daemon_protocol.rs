@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use dfcache::grpc::client::{ImportOptions, NoProgress, ReadRange};
-use dfcache::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as ReadMsg;
-use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as WriteMsg;
-use dfcache::grpc::pb::dfdaemon::*;
-use dfcache::grpc::server::{Emulation, ServeOptions};
+use dfcache_client::{ImportOptions, NoProgress, ReadRange};
+use dfcache_daemon::server::{Emulation, ServeOptions};
+use dfcache_wire::pb::dfdaemon::read_persistent_cache_task_response::Response as ReadMsg;
+use dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response as WriteMsg;
+use dfcache_wire::pb::dfdaemon::*;
 
 mod common;
 

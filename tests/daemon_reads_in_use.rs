@@ -8,10 +8,10 @@ use bytes::Bytes;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use dfcache::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as ReadMsg;
-use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as WriteMsg;
-use dfcache::grpc::pb::dfdaemon::*;
-use dfcache::grpc::server::ServeOptions;
+use dfcache_daemon::server::ServeOptions;
+use dfcache_wire::pb::dfdaemon::read_persistent_cache_task_response::Response as ReadMsg;
+use dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response as WriteMsg;
+use dfcache_wire::pb::dfdaemon::*;
 
 mod common;
 

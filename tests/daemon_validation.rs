@@ -11,9 +11,9 @@ use proptest::test_runner::{Config, TestRunner};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response as WriteMsg;
-use dfcache::grpc::pb::dfdaemon::*;
-use dfcache::grpc::server::ServeOptions;
+use dfcache_daemon::server::ServeOptions;
+use dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response as WriteMsg;
+use dfcache_wire::pb::dfdaemon::*;
 
 mod common;
 
@@ -671,7 +671,7 @@ fn no_request_with_arbitrary_fields_panics_a_handler_and_the_daemon_keeps_servin
             .unwrap()
             .into_inner();
         let mut bytes = Vec::new();
-        use dfcache::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response as R;
+        use dfcache_wire::pb::dfdaemon::read_persistent_cache_task_response::Response as R;
         while let Some(item) = stream.next().await {
             if let Some(R::ReadChunkResponse(c)) = item.unwrap().response {
                 bytes.extend_from_slice(&c.content);

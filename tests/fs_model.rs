@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use common::inproc::{write_bytes, Running};
 use common::{id_of, Rng};
-use dfcache::fs::attr::{Modes, Owner};
-use dfcache::fs::inodes::{IMPORT_INO, TASKS_INO};
-use dfcache::fs::{DfcacheFs, Errno, FsConfig, TASK_ID_XATTR};
-use dfcache::grpc::client::ImportOptions;
-use dfcache::grpc::server::ServeOptions;
-use dfcache::mapping::PathMapper;
+use dfcache_client::mapping::PathMapper;
+use dfcache_client::ImportOptions;
+use dfcache_daemon::server::ServeOptions;
+use dfcache_mount::attr::{Modes, Owner};
+use dfcache_mount::inodes::{IMPORT_INO, TASKS_INO};
+use dfcache_mount::{DfcacheFs, Errno, FsConfig, TASK_ID_XATTR};
 
 const MIB: usize = 1 << 20;
 

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use dfcache::domain::task_id::{TaskIdHasher, TaskIdInputs};
-use dfcache::fs::attr::{Modes, Owner, SetAttr};
-use dfcache::fs::daemon::fake::{Call, FakeDaemon, Fault};
-use dfcache::fs::daemon::{Code, ImportOptions};
-use dfcache::fs::inodes::IMPORT_INO;
-use dfcache::fs::{DfcacheFs, FsConfig};
-use dfcache::mapping::PathMapper;
+use dfcache_client::mapping::PathMapper;
+use dfcache_mount::attr::{Modes, Owner, SetAttr};
+use dfcache_mount::daemon::fake::{Call, FakeDaemon, Fault};
+use dfcache_mount::daemon::{Code, ImportOptions};
+use dfcache_mount::inodes::IMPORT_INO;
+use dfcache_mount::{DfcacheFs, FsConfig};
+use dfcache_wire::domain::task_id::{TaskIdHasher, TaskIdInputs};
 
 const FILES: u8 = 3;
 const ENOENT: i32 = libc::ENOENT;
@@ -117,7 +117,7 @@ enum Outcome {
     Skipped,
 }
 
-fn of<T>(r: Result<T, dfcache::fs::FsError>, ok: impl FnOnce(T) -> Outcome) -> Outcome {
+fn of<T>(r: Result<T, dfcache_mount::FsError>, ok: impl FnOnce(T) -> Outcome) -> Outcome {
     match r {
         Ok(v) => ok(v),
         Err(e) => Outcome::Err(e.code()),

@@ -7,10 +7,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use dfcache::fs::daemon::DaemonClient;
-use dfcache::grpc::client::{Client, ClientError, Deadlines, ReadRange};
-use dfcache::grpc::server::{Emulation, ServeOptions};
-use dfcache::short_reads::HELLO;
+use dfcache_client::{Client, ClientError, Deadlines, ReadRange};
+use dfcache_daemon::server::{Emulation, ServeOptions};
+use dfcache_mount::daemon::DaemonClient;
+use dfcache_wire::short_reads::HELLO;
 
 mod common;
 

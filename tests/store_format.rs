@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 
-use dfcache::domain::ttl::duration_to_proto;
-use dfcache::grpc::pb::common::PersistentCacheTask;
-use dfcache::store::Store;
+use dfcache_daemon::store::Store;
+use dfcache_wire::domain::ttl::duration_to_proto;
+use dfcache_wire::pb::common::PersistentCacheTask;
 
 #[test]
 fn a_store_written_with_wire_type_metadata_opens_and_lists_its_tasks() {

@@ -1,7 +1,7 @@
 //! The tree manifest: one tree, one byte string; anything else refused
 //! with a reason, whatever a hostile producer sends.
 
-use dfcache::tree::{Entry, Kind, Limits, Manifest, ManifestError};
+use dfcache_wire::tree::{Entry, Kind, Limits, Manifest, ManifestError};
 
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -4,8 +4,8 @@
 mod common;
 
 use common::inproc::Running;
-use dfcache::grpc::client::{ImportOptions, NoProgress};
-use dfcache::grpc::server::ServeOptions;
+use dfcache_client::{ImportOptions, NoProgress};
+use dfcache_daemon::server::ServeOptions;
 
 const MIB: usize = 1 << 20;
 

@@ -2,10 +2,8 @@
 //! every subcommand and flag, generated from the same clap definition the
 //! binary parses with, so it never falls behind.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
-
-use super::Cli;
 
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -15,8 +13,8 @@ pub struct CompletionsArgs {
 
 /// Writes the script to stdout, e.g. `dfcache completions bash >
 /// /etc/bash_completion.d/dfcache`.
-pub fn run(args: CompletionsArgs) -> anyhow::Result<()> {
-    let mut command = Cli::command();
+/// `command` is the whole command line's definition (`Cli::command()`).
+pub fn run(args: CompletionsArgs, mut command: clap::Command) -> anyhow::Result<()> {
     clap_complete::generate(args.shell, &mut command, "dfcache", &mut std::io::stdout());
     Ok(())
 }

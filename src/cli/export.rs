@@ -12,11 +12,11 @@ use clap::Args;
 use tonic::Code;
 use tracing::{info_span, Instrument};
 
-use dfcache::digest::{Digest, Hasher};
-use dfcache::grpc::client::{Client, ClientError, Progress, ReadRange};
+use dfcache_client::{Client, ClientError, Progress, ReadRange};
+use dfcache_wire::digest::{Digest, Hasher};
 
+use super::args::{parse_timeout, with_timeout, GlobalArgs, TransferArgs};
 use super::progress::Bar;
-use super::{parse_timeout, with_timeout, GlobalArgs, TransferArgs};
 
 /// Reads of this size when verifying a file written out of order.
 const VERIFY_READ: usize = 4 << 20;
@@ -50,9 +50,6 @@ pub struct ExportArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: ExportArgs) -> anyhow::Result<()> {
-    if args.recursive {
-        return super::tree::export(global, &args).await;
-    }
     let output =
         std::path::absolute(&args.output).with_context(|| format!("{}", args.output.display()))?;
     check_output(&output, args.overwrite)?;
@@ -319,7 +316,7 @@ fn check_coverage(pieces: &std::collections::BTreeMap<u64, u64>, total: u64) -> 
 
 fn digest_of(
     file: &File,
-    algorithm: dfcache::digest::Algorithm,
+    algorithm: dfcache_wire::digest::Algorithm,
     len: u64,
 ) -> anyhow::Result<Digest> {
     let mut hasher = Hasher::new(algorithm);

@@ -9,10 +9,10 @@ use clap::Args;
 use tracing::info_span;
 use tracing::Instrument;
 
-use dfcache::grpc::client::Progress;
+use dfcache_client::Progress;
 
+use super::args::{parse_timeout, with_timeout, GlobalArgs, TaskArgs, TransferArgs};
 use super::progress::Bar;
-use super::{parse_timeout, with_timeout, GlobalArgs, TaskArgs, TransferArgs};
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -39,9 +39,6 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
         std::path::absolute(&args.path).with_context(|| format!("{}", args.path.display()))?;
     let meta =
         std::fs::metadata(&local).with_context(|| format!("cannot import {}", local.display()))?;
-    if args.recursive {
-        return super::tree::import(global, &args, &local).await;
-    }
     if meta.is_dir() {
         bail!(
             "cannot import {}: it is a directory (--recursive imports a tree)",

@@ -2,11 +2,11 @@
 
 use clap::Args;
 
-use dfcache::domain::ttl::duration_from_proto;
+use dfcache_wire::domain::ttl::duration_from_proto;
 
+use super::args::GlobalArgs;
 use super::flags::{format_duration, format_size};
 use super::stat::age;
-use super::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct LsArgs {

@@ -11,19 +11,19 @@ use clap::Args;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use dfcache::fs::attr::{Modes, Owner};
-use dfcache::fs::daemon::metered::Metered;
-use dfcache::fs::passthrough::PassthroughMode;
-use dfcache::fs::{DfcacheFs, FsConfig, MountSettings};
-use dfcache::grpc::client::{Client, Deadlines};
-use dfcache::grpc::server::{serve, ServeOptions};
-use dfcache::mapping::PathMapper;
-use dfcache::metrics::Exposed;
-use dfcache::store::Store;
+use dfcache_client::mapping::PathMapper;
+use dfcache_client::{Client, Deadlines};
+use dfcache_daemon::server::{serve, ServeOptions};
+use dfcache_daemon::store::Store;
+use dfcache_metrics::Exposed;
+use dfcache_mount::attr::{Modes, Owner};
+use dfcache_mount::daemon::metered::Metered;
+use dfcache_mount::passthrough::PassthroughMode;
+use dfcache_mount::{DfcacheFs, FsConfig, MountSettings};
 
+use super::args::{parse_timeout, GlobalArgs, TaskArgs};
 use super::flags::parse_size;
 use super::serve::shutdown_signal;
-use super::{parse_timeout, GlobalArgs, TaskArgs};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -49,7 +49,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR", env = "DFCACHE_SPOOL")]
     pub spool: Option<PathBuf>,
     /// Container-to-host prefixes for paths handed to the daemon (the spool).
-    #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = super::parse_mapping_arg, default_value = "")]
+    #[arg(long, env = "DFCACHE_PATH_MAPPING", value_parser = super::args::parse_mapping_arg, default_value = "")]
     pub path_mapping: PathMapper,
     /// Let other users use the mount, within --file-mode and --dir-mode
     /// (the kernel checks them). A user other than root needs
@@ -94,7 +94,7 @@ pub struct MountArgs {
     )]
     pub passthrough: PassthroughMode,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless set).
-    #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::parse_metrics_addr)]
+    #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::metrics_endpoint::parse_metrics_addr)]
     pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub task: TaskArgs,
@@ -117,9 +117,9 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
     if let Some(spool) = &args.spool {
         std::fs::create_dir_all(spool)
             .with_context(|| format!("cannot create the spool {}", spool.display()))?;
-        dfcache::fs::write::spool_dir_ok(spool)
+        dfcache_mount::import::write::spool_dir_ok(spool)
             .with_context(|| format!("cannot write in the spool {}", spool.display()))?;
-        match dfcache::fs::write::remove_stale_spool_files(spool) {
+        match dfcache_mount::import::write::remove_stale_spool_files(spool) {
             Ok(0) => {}
             Ok(n) => {
                 info!(spool = %spool.display(), files = n, "removed the spool files of a mount that is gone")
@@ -147,12 +147,14 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
     };
     let refresh = daemon
         .iter()
-        .map(|d| super::store_refresh(&d.store))
+        .map(|d| super::metrics_endpoint::store_refresh(&d.store))
         .collect();
-    let _metrics = super::start_metrics(args.metrics_addr.as_deref(), exposed, refresh).await?;
+    let _metrics =
+        super::metrics_endpoint::start_metrics(args.metrics_addr.as_deref(), exposed, refresh)
+            .await?;
     // Every daemon call of the mount is bounded by --fetch-timeout: a frozen
     // daemon must not hang the programs (and kubelet) touching the mount.
-    let client = Client::with_windows(&socket, dfcache::grpc::Windows::BOUNDED)
+    let client = Client::with_windows(&socket, dfcache_wire::transport::Windows::BOUNDED)
         .with_deadlines(Deadlines {
             call: args.fetch_timeout,
             progress: args.fetch_timeout,
@@ -198,11 +200,11 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
     };
     let drop_behind_above = args
         .drop_behind_above
-        .unwrap_or_else(dfcache::fs::drop_behind::quarter_of_memory);
+        .unwrap_or_else(dfcache_mount::read::drop_behind::quarter_of_memory);
     let mut fs =
         DfcacheFs::new(Arc::new(Metered::new(client)), config).with_drop_behind(drop_behind_above);
     if let Some(store) = local_store {
-        fs = fs.with_local_content(Arc::new(store));
+        fs = fs.with_local_content(Arc::new(crate::embedded::StoreFiles(store)));
     }
     let fs = Arc::new(fs);
     let settings = MountSettings {
@@ -211,7 +213,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         threads: args.threads,
         passthrough: args.passthrough,
     };
-    let session = dfcache::fs::mount(
+    let session = dfcache_mount::mount(
         fs,
         &args.mountpoint,
         &settings,

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use dfcache::grpc::client::Progress;
+use dfcache_client::Progress;
 
 pub struct Bar(ProgressBar);
 

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 
-use super::GlobalArgs;
+use super::args::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct RmArgs {

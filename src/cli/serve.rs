@@ -6,16 +6,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use dfcache::grpc::server::{serve, Emulation, ServeOptions, DEFAULT_MAX_CONCURRENT_IMPORTS};
-use dfcache::metrics::Exposed;
-use dfcache::store::Store;
+use dfcache_daemon::server::{serve, Emulation, ServeOptions, DEFAULT_MAX_CONCURRENT_IMPORTS};
+use dfcache_daemon::store::Store;
+use dfcache_metrics::Exposed;
 
-use super::parse_timeout;
+use super::args::parse_timeout;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Unix socket to listen on.
-    #[arg(long, env = "DFCACHE_SOCKET", default_value = super::DEFAULT_ENDPOINT)]
+    #[arg(long, env = "DFCACHE_SOCKET", default_value = super::args::DEFAULT_ENDPOINT)]
     pub socket: PathBuf,
     /// Directory of the task store (created if missing).
     #[arg(long, env = "DFCACHE_DIR", default_value = "/var/lib/dfcache")]
@@ -47,7 +47,7 @@ pub struct ServeArgs {
     )]
     pub max_concurrent_imports: usize,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless set).
-    #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::parse_metrics_addr)]
+    #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::metrics_endpoint::parse_metrics_addr)]
     pub metrics_addr: Option<String>,
 }
 
@@ -86,8 +86,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         mount: false,
         daemon: true,
     };
-    let refresh = vec![super::store_refresh(&store)];
-    let _metrics = super::start_metrics(args.metrics_addr.as_deref(), exposed, refresh).await?;
+    let refresh = vec![super::metrics_endpoint::store_refresh(&store)];
+    let _metrics =
+        super::metrics_endpoint::start_metrics(args.metrics_addr.as_deref(), exposed, refresh)
+            .await?;
     serve(store, &args.socket, options, shutdown_signal())
         .await
         .with_context(|| format!("cannot serve on {}", args.socket.display()))

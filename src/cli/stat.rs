@@ -4,10 +4,10 @@ use std::time::SystemTime;
 
 use clap::Args;
 
-use dfcache::domain::ttl::duration_from_proto;
+use dfcache_wire::domain::ttl::duration_from_proto;
 
+use super::args::GlobalArgs;
 use super::flags::{format_duration, format_size};
-use super::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct StatArgs {

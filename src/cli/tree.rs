@@ -1,6 +1,6 @@
 //! `import --recursive DIR` and `export --recursive TREE_ID -O DIR`: a
 //! directory tree as one id. Every file is imported as a task, then the
-//! tree's manifest (`dfcache::tree`) is imported as a task of its own,
+//! tree's manifest (`dfcache_wire::tree`) is imported as a task of its own,
 //! whose id names the tree. Exporting reads the manifest back, checks it,
 //! and recreates the tree under a temporary name that becomes DIR only
 //! once every file is there with the size the manifest gives.
@@ -13,14 +13,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use tracing::{info, info_span, Instrument};
 
-use dfcache::grpc::client::{Client, ImportOptions, NoProgress, Progress};
-use dfcache::tree::manifest::check_name;
-use dfcache::tree::{Entry, Kind, Limits, Manifest};
+use dfcache_client::{Client, ImportOptions, NoProgress, Progress};
+use dfcache_wire::tree::manifest::check_name;
+use dfcache_wire::tree::{Entry, Kind, Limits, Manifest};
 
+use super::args::{with_timeout, GlobalArgs, TransferArgs};
 use super::export::ExportArgs;
 use super::import::{daemon_path_of, ImportArgs};
 use super::progress::Bar;
-use super::{with_timeout, GlobalArgs, TransferArgs};
 
 /// One bar over the whole tree: each file's own total is ignored.
 struct TreeProgress(Arc<Bar>);
@@ -39,7 +39,14 @@ struct Found {
     size: u64,
 }
 
-pub async fn import(global: &GlobalArgs, args: &ImportArgs, dir: &Path) -> anyhow::Result<()> {
+/// `import --recursive`: the directory as a tree.
+pub async fn run_import(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
+    let dir =
+        std::path::absolute(&args.path).with_context(|| format!("{}", args.path.display()))?;
+    import(global, &args, &dir).await
+}
+
+async fn import(global: &GlobalArgs, args: &ImportArgs, dir: &Path) -> anyhow::Result<()> {
     let meta =
         std::fs::metadata(dir).with_context(|| format!("cannot import {}", dir.display()))?;
     if !meta.is_dir() {

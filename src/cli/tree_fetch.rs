@@ -4,8 +4,8 @@
 
 use anyhow::bail;
 
-use dfcache::grpc::client::Client;
-use dfcache::tree::Limits;
+use dfcache_client::Client;
+use dfcache_wire::tree::Limits;
 
 pub async fn manifest_bytes(client: &Client, id: &str) -> anyhow::Result<Vec<u8>> {
     let limit = Limits::default().max_manifest_bytes as u64;

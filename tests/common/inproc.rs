@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use dfcache::grpc::client::Client;
-use dfcache::grpc::connect_channel;
-use dfcache::grpc::pb::dfdaemon::dfdaemon_download_client::DfdaemonDownloadClient;
-use dfcache::grpc::server::{serve, ServeOptions};
-use dfcache::store::Store;
+use dfcache_client::connect_channel;
+use dfcache_client::Client;
+use dfcache_daemon::server::{serve, ServeOptions};
+use dfcache_daemon::store::Store;
+use dfcache_wire::pb::dfdaemon::dfdaemon_download_client::DfdaemonDownloadClient;
 
 pub struct Running {
     _dir: tempfile::TempDir,
@@ -81,8 +81,8 @@ pub async fn write_bytes(client: &Client, data: &[u8]) -> String {
         .write_task(
             std::io::Cursor::new(data.to_vec()),
             None,
-            &dfcache::grpc::client::ImportOptions::default(),
-            std::sync::Arc::new(dfcache::grpc::client::NoProgress),
+            &dfcache_client::ImportOptions::default(),
+            std::sync::Arc::new(dfcache_client::NoProgress),
         )
         .await
         .expect("write task")
@@ -92,31 +92,30 @@ pub async fn write_bytes(client: &Client, data: &[u8]) -> String {
 /// A raw write message carrying `data`.
 pub fn chunk(
     data: &[u8],
-) -> dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response {
-    use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response;
-    Response::WriteChunkRequest(dfcache::grpc::pb::dfdaemon::WriteChunkRequest {
+) -> dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response {
+    use dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response;
+    Response::WriteChunkRequest(dfcache_wire::pb::dfdaemon::WriteChunkRequest {
         content: bytes::Bytes::copy_from_slice(data),
     })
 }
 
 /// The raw write message that ends a stream.
-pub fn finished() -> dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response {
-    use dfcache::grpc::pb::dfdaemon::write_persistent_cache_task_request::Response;
+pub fn finished() -> dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response {
+    use dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response;
     Response::WritePersistentCacheTaskFinishedRequest(
-        dfcache::grpc::pb::dfdaemon::WritePersistentCacheTaskFinishedRequest {},
+        dfcache_wire::pb::dfdaemon::WritePersistentCacheTaskFinishedRequest {},
     )
 }
 
 /// A raw `ReadPersistentCacheTask` stream of a whole task.
-pub type ReadStream =
-    tonic::Streaming<dfcache::grpc::pb::dfdaemon::ReadPersistentCacheTaskResponse>;
+pub type ReadStream = tonic::Streaming<dfcache_wire::pb::dfdaemon::ReadPersistentCacheTaskResponse>;
 
 impl Running {
     /// Opens a raw read of the whole task `id`.
     pub async fn read_stream(&self, id: &str) -> ReadStream {
         self.raw()
             .read_persistent_cache_task(
-                dfcache::grpc::pb::dfdaemon::ReadPersistentCacheTaskRequest {
+                dfcache_wire::pb::dfdaemon::ReadPersistentCacheTaskRequest {
                     task_id: id.to_string(),
                     ..Default::default()
                 },
@@ -129,7 +128,7 @@ impl Running {
 
 /// Reads `stream` to its end, appending its chunks to `got`.
 pub async fn drain(mut stream: ReadStream, mut got: Vec<u8>) -> Vec<u8> {
-    use dfcache::grpc::pb::dfdaemon::read_persistent_cache_task_response::Response;
+    use dfcache_wire::pb::dfdaemon::read_persistent_cache_task_response::Response;
     use tokio_stream::StreamExt;
     while let Some(item) = stream.next().await {
         if let Some(Response::ReadChunkResponse(c)) = item.expect("read a chunk").response {

@@ -231,7 +231,7 @@ pub fn write_file(path: &Path, len: u64, seed: u64) {
 /// piece length), by the crate's own hasher: the one oracle of the tests.
 /// (The hasher itself is checked against known ids in `domain::task_id`.)
 pub fn id_of(data: &[u8]) -> String {
-    let mut hasher = dfcache::domain::task_id::TaskIdHasher::new(Default::default());
+    let mut hasher = dfcache_wire::domain::task_id::TaskIdHasher::new(Default::default());
     hasher.update(data);
     hasher.finish()
 }

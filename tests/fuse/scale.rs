@@ -25,7 +25,7 @@ fn import_all(
     contents: Vec<Vec<u8>>,
 ) -> Vec<String> {
     rt.block_on(async {
-        let client = dfcache::grpc::client::Client::new(socket);
+        let client = dfcache_client::Client::new(socket);
         let mut ids = Vec::new();
         for batch in contents.chunks(32) {
             let mut set = JoinSet::new();

@@ -1,0 +1,9 @@
+//! The embedded daemon: a single-node stand-in for Dragonfly's dfdaemon.
+//!
+//! - [`store`]: the on-disk task store;
+//! - [`server`]: the gRPC server on the daemon's Unix socket;
+//! - [`short_reads`]: the short-read channel beside it on the same socket.
+
+pub mod server;
+pub mod short_reads;
+pub mod store;

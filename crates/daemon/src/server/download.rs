@@ -1,0 +1,378 @@
+//! `DownloadPersistentCacheTask`, the RPC today's dfdaemon exports with:
+//! the daemon writes the task to `output_path`, or returns each piece's
+//! content (`need_piece_content`) for the client to place by offset.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::store::{read_at, Store, TaskMeta};
+use dfcache_wire::digest::{piece_digest, Digest, Hasher};
+use dfcache_wire::pb::common::{Piece, TrafficType};
+use dfcache_wire::pb::dfdaemon::download_persistent_cache_task_response::Response as Msg;
+use dfcache_wire::pb::dfdaemon::*;
+
+use super::reply::{status_of, ResponseStream};
+
+/// Pieces read ahead of the client: one being sent, one being read.
+const PIECES_AHEAD: usize = 2;
+/// Pieces are read in slices of this size when verifying a digest.
+const VERIFY_READ: usize = 4 << 20;
+
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+type Tx = mpsc::Sender<Result<DownloadPersistentCacheTaskResponse, Status>>;
+
+/// The order pieces are sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceOrder {
+    InOrder,
+    /// As a P2P download delivers them: last first, then the rest
+    /// interleaved from both ends, so no piece arrives where a sequential
+    /// writer would expect it.
+    Scrambled,
+    /// In order, each piece after this delay: a slow P2P download, to show
+    /// readers are served before the last piece lands.
+    Paced(std::time::Duration),
+}
+
+impl PieceOrder {
+    fn sequence(self, count: u32) -> Vec<u32> {
+        match self {
+            PieceOrder::InOrder | PieceOrder::Paced(_) => (0..count).collect(),
+            PieceOrder::Scrambled => {
+                let (mut lo, mut hi) = (0i64, i64::from(count) - 1);
+                let mut out = Vec::with_capacity(count as usize);
+                while lo <= hi {
+                    out.push(hi as u32);
+                    if lo < hi {
+                        out.push(lo as u32);
+                    }
+                    lo += 1;
+                    hi -= 1;
+                }
+                out
+            }
+        }
+    }
+}
+
+/// When an export to an output path is a hard link to the content file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// As dfdaemon: whenever the two are on one file system.
+    WhenPossible,
+    /// Only when the client insists (`force_hard_link`); copies otherwise.
+    WhenForced,
+}
+
+pub async fn handle(
+    store: &Store,
+    req: DownloadPersistentCacheTaskRequest,
+    order: PieceOrder,
+    links: Links,
+) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
+    let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
+    let digest = req
+        .digest
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(str::parse::<Digest>)
+        .transpose()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let output = match req.output_path.as_deref().filter(|p| !p.is_empty()) {
+        Some(path) => Some(Destination::of(
+            store,
+            &meta.id,
+            &super::client_path(path, "output")?,
+            &req,
+            links,
+        )?),
+        None if req.need_piece_content => None,
+        None => {
+            return Err(Status::invalid_argument(
+                "neither output_path nor need_piece_content was given",
+            ))
+        }
+    };
+    let (tx, rx) = mpsc::channel(PIECES_AHEAD);
+    let span = info_span!("download", task_id = %meta.id, output = ?req.output_path);
+    let need_content = req.need_piece_content;
+    tokio::spawn(
+        async move {
+            // Held until this task ends: GC leaves the task alone meanwhile.
+            let _lease = lease;
+            let result = run(
+                &tx,
+                &meta,
+                file,
+                digest,
+                output.as_ref(),
+                need_content,
+                order,
+            )
+            .await;
+            match (result, output) {
+                (Ok(()), Some(Destination::Linked)) => info!("exported by hard link"),
+                (Ok(()), Some(Destination::Copy(output))) => {
+                    match tokio::task::spawn_blocking(move || output.commit())
+                        .await
+                        .unwrap_or_else(|e| Err(Status::internal(format!("commit export: {e}"))))
+                    {
+                        Ok(()) => info!("exported to output path"),
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                        }
+                    }
+                }
+                (Ok(()), None) => {}
+                (Err(status), output) => {
+                    drop(output);
+                    warn!(error = %status.message(), "download failed");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+async fn run(
+    tx: &Tx,
+    meta: &TaskMeta,
+    file: Arc<File>,
+    digest: Option<Digest>,
+    output: Option<&Destination>,
+    need_content: bool,
+    order: PieceOrder,
+) -> Result<(), Status> {
+    let copy_to = match output {
+        Some(Destination::Copy(output)) => Some(output),
+        _ => None,
+    };
+    // A linked export needs no byte read: pieces are reported as they are
+    // (dfdaemon reports them from its metadata, without their digests).
+    let read_pieces = need_content || copy_to.is_some();
+    if let Some(expected) = digest {
+        verify(&file, meta.content_length, &expected).await?;
+    }
+    let response = |msg| DownloadPersistentCacheTaskResponse {
+        host_id: String::new(),
+        task_id: meta.id.clone(),
+        peer_id: String::new(),
+        response: Some(msg),
+    };
+    let started = DownloadPersistentCacheTaskStartedResponse {
+        content_length: meta.content_length,
+    };
+    if tx
+        .send(Ok(response(
+            Msg::DownloadPersistentCacheTaskStartedResponse(started),
+        )))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    for number in order.sequence(meta.piece_count()) {
+        if let PieceOrder::Paced(delay) = order {
+            tokio::time::sleep(delay).await;
+        }
+        let offset = u64::from(number) * meta.piece_length;
+        let length = meta.piece_length.min(meta.content_length - offset);
+        let content = if read_pieces {
+            let content = read_at(file.clone(), offset, length as usize)
+                .await
+                .map_err(|e| Status::internal(format!("read piece {number}: {e}")))?;
+            if content.len() as u64 != length {
+                return Err(Status::data_loss(format!("piece {number} is short")));
+            }
+            Some(content)
+        } else {
+            None
+        };
+        if let (Some(output), Some(content)) = (copy_to, &content) {
+            output.write_at(content.clone(), offset).await?;
+        }
+        let piece = Piece {
+            number,
+            parent_id: None,
+            offset,
+            length,
+            digest: content
+                .as_ref()
+                .map(|c| piece_digest(c))
+                .unwrap_or_default(),
+            content: content.filter(|_| need_content),
+            traffic_type: Some(TrafficType::LocalPeer as i32),
+            cost: None,
+            created_at: Some(std::time::SystemTime::now().into()),
+        };
+        let finished = DownloadPieceFinishedResponse { piece: Some(piece) };
+        if tx
+            .send(Ok(response(Msg::DownloadPieceFinishedResponse(finished))))
+            .await
+            .is_err()
+        {
+            return Err(Status::cancelled("the client went away"));
+        }
+    }
+    Ok(())
+}
+
+async fn verify(file: &Arc<File>, len: u64, expected: &Digest) -> Result<(), Status> {
+    let mut hasher = Hasher::new(expected.algorithm);
+    let mut pos = 0;
+    while pos < len {
+        let chunk = read_at(file.clone(), pos, VERIFY_READ.min((len - pos) as usize))
+            .await
+            .map_err(|e| Status::internal(format!("read for digest: {e}")))?;
+        hasher.update(&chunk);
+        pos += chunk.len() as u64;
+    }
+    expected
+        .verify(&hasher.finish())
+        .map_err(|e| Status::data_loss(e.to_string()))
+}
+
+/// Where an export goes: a hard link to the task's content file, made
+/// before the first piece is reported (as dfdaemon links at the start of a
+/// download, so a reader of the output may read each reported piece), or
+/// a copy when the two are on different file systems and no link is
+/// insisted on (`force_hard_link`).
+enum Destination {
+    Linked,
+    Copy(Output),
+}
+
+impl Destination {
+    fn of(
+        store: &Store,
+        id: &str,
+        target: &Path,
+        req: &DownloadPersistentCacheTaskRequest,
+        links: Links,
+    ) -> Result<Self, Status> {
+        if links == Links::WhenForced && !req.force_hard_link {
+            return Ok(Destination::Copy(Output::create(target, req.overwrite)?));
+        }
+        match super::link::link_content(&store.content_path(id), target, req.overwrite) {
+            Ok(()) => Ok(Destination::Linked),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Status::already_exists(
+                format!("{} already exists", target.display()),
+            )),
+            Err(e) if req.force_hard_link => Err(Status::failed_precondition(format!(
+                "cannot hard-link the task to {} (force_hard_link): {e}",
+                target.display()
+            ))),
+            Err(e) => {
+                info!(error = %e, target = %target.display(), "cannot hard-link; copying");
+                Ok(Destination::Copy(Output::create(target, req.overwrite)?))
+            }
+        }
+    }
+}
+
+/// The file the daemon copies an export into: written under a temporary
+/// name beside the target and renamed over it only when complete.
+struct Output {
+    file: Arc<File>,
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Output {
+    fn create(target: &Path, overwrite: bool) -> Result<Self, Status> {
+        if target.exists() && !overwrite {
+            return Err(Status::already_exists(format!(
+                "{} already exists",
+                target.display()
+            )));
+        }
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Err(Status::invalid_argument(format!(
+                "output path {} names no file",
+                target.display()
+            )));
+        };
+        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+        let temp = parent.join(format!(
+            ".{}.dfcache-{}-{n}.part",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = File::create(&temp).map_err(|e| io_status(&temp, e))?;
+        Ok(Self {
+            file: Arc::new(file),
+            temp,
+            target: target.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    async fn write_at(&self, content: bytes::Bytes, offset: u64) -> Result<(), Status> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&content, offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| io_status(&self.temp, e))
+    }
+
+    /// fsync, rename, fsync the directory: the export is complete at its
+    /// name after a power loss, or absent, never a name with missing bytes.
+    fn commit(mut self) -> Result<(), Status> {
+        self.file.sync_all().map_err(|e| io_status(&self.temp, e))?;
+        std::fs::rename(&self.temp, &self.target).map_err(|e| io_status(&self.target, e))?;
+        self.committed = true;
+        if let Some(parent) = self.target.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_status(parent, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn io_status(path: &Path, e: std::io::Error) -> Status {
+    let msg = format!("{}: {e}", path.display());
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Status::invalid_argument(msg),
+        std::io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
+        std::io::ErrorKind::StorageFull => Status::resource_exhausted(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PieceOrder;
+
+    #[test]
+    fn scrambled_order_is_a_permutation_not_in_order() {
+        for count in [0u32, 1, 2, 3, 8, 9] {
+            let mut seq = PieceOrder::Scrambled.sequence(count);
+            if count > 1 {
+                assert_ne!(seq, PieceOrder::InOrder.sequence(count));
+            }
+            seq.sort();
+            assert_eq!(seq, (0..count).collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Local task files, which opens may pass through to: finished downloads
+//! a released daemon linked into the spool.
+
+use std::io::Read;
+
+use super::*;
+use crate::daemon::fake::Call;
+
+#[tokio::test]
+async fn a_released_daemon_links_its_file_into_the_spool_and_the_finished_download_is_local() {
+    let fake = FakeDaemon::legacy(DEADLINE);
+    let content = bytes(9 * MIB + 5, 3);
+    let id = fake.add_task(&content);
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = config();
+    config.spool = Some(spool.path().to_path_buf());
+    let fs = DfcacheFs::new(fake.clone(), config);
+    let fh = open_task(&fs, &id).await;
+    assert!(
+        fs.local_file(fh).is_none(),
+        "nothing is local before a read"
+    );
+
+    let tail = fs.read(fh, 9 * MIB - 3, 100).await.unwrap();
+    assert_eq!(&tail[..], &content[9 * MIB as usize - 3..]);
+    assert_eq!(fake.calls(Call::Download), 1);
+    // The daemon's name for the file is gone: the mount holds it open.
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+
+    // Every piece read: the download is complete.
+    let mut offset = 0;
+    while offset < content.len() as u64 {
+        offset += fs.read(fh, offset, 1 << 20).await.unwrap().len() as u64;
+    }
+    let local = fs
+        .local_file(fh)
+        .expect("the finished download is a local file");
+    let mut read_back = Vec::new();
+    (&*local.file).read_to_end(&mut read_back).unwrap();
+    assert!(read_back == content, "the local file is not the task");
+    // Another open of the task is local at once, with no new download.
+    let again = open_task(&fs, &id).await;
+    assert!(fs.local_file(again).is_some());
+    assert_eq!(fake.calls(Call::Download), 1);
+}
+
+#[tokio::test]
+async fn a_streaming_daemon_without_a_store_here_has_no_local_files() {
+    let fake = FakeDaemon::new(DEADLINE);
+    let id = fake.add_task(&bytes(3 * MIB, 4));
+    let fs = mounted(&fake);
+    let fh = open_task(&fs, &id).await;
+    fs.read(fh, 0, 4096).await.unwrap();
+    assert!(fs.local_file(fh).is_none());
+    assert_eq!(fs.local_source(), None);
+}

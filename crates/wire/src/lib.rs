@@ -1,0 +1,15 @@
+//! The wire contract: what dfcache's client, daemon and mount agree on.
+//!
+//! - [`pb`]: code generated from proto/ (Dragonfly's dfdaemon API);
+//! - [`transport`]: HTTP/2 settings both ends of the Unix socket use;
+//! - [`domain`]: Dragonfly's rules (task ids, piece lengths, TTLs, chunks);
+//! - [`tree`]: directory trees as manifests of tasks;
+//! - [`short_reads`]: the framing of the short-read channel;
+//! - [`digest`]: export digests.
+
+pub mod digest;
+pub mod domain;
+pub mod pb;
+pub mod short_reads;
+pub mod transport;
+pub mod tree;
