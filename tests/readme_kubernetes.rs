@@ -1,6 +1,7 @@
-//! The deployment files in deploy/ are what the README points at, and are
-//! consistent: the Kubernetes manifests parse as YAML and have the kinds
-//! the README says; the dfdaemon socket directory is a hostPath mounted
+//! The deployment files in deploy/ are what docs/KUBERNETES.md (the
+//! deployment guide the README links to) points at, and are consistent:
+//! the Kubernetes manifests parse as YAML and have the kinds the guide
+//! says; the dfdaemon socket directory is a hostPath mounted
 //! where DFCACHE_ENDPOINT points; every DFCACHE_PATH_MAPPING entry maps a
 //! mounted volume's mountPath to that volume's hostPath; the node
 //! DaemonSet unmounts in preStop and probes its mount point; the
@@ -20,12 +21,12 @@ use common::{bin, succeeded, tempdir};
 const CHECK: &str = r###"
 import os, sys, yaml
 root = sys.argv[1]
-readme = open(os.path.join(root, "README.md")).read()
+guide = open(os.path.join(root, "docs", "KUBERNETES.md")).read()
 kdir = os.path.join(root, "deploy", "kubernetes")
 expected = {"cli-pod.yaml": "Pod", "sidecar-pod.yaml": "Pod", "node-daemonset.yaml": "DaemonSet"}
 assert sorted(os.listdir(kdir)) == sorted(expected), os.listdir(kdir)
 for name, kind in sorted(expected.items()):
-    assert "deploy/kubernetes/" + name in readme, (name, "is not referenced by the README")
+    assert "deploy/kubernetes/" + name in guide, (name, "is not referenced by docs/KUBERNETES.md")
     docs = [d for d in yaml.safe_load_all(open(os.path.join(kdir, name))) if d]
     assert [d["kind"] for d in docs] == [kind], (name, docs)
     doc = docs[0]
@@ -68,6 +69,11 @@ fn root() -> &'static Path {
 
 fn deploy(rel: &str) -> PathBuf {
     root().join("deploy").join(rel)
+}
+
+/// The deployment guide: the document that names the files in deploy/.
+fn guide() -> PathBuf {
+    root().join("docs").join("KUBERNETES.md")
 }
 
 fn read(path: &Path) -> String {
@@ -134,7 +140,7 @@ fn the_dockerfile_builds_in_one_stage_and_ships_dfcache_with_fusermount3_in_anot
     );
     let ignored = read(&deploy("Dockerfile.dockerignore"));
     assert!(ignored.lines().any(|l| l == "target/"), "{ignored}");
-    assert!(read(&root().join("README.md")).contains("deploy/Dockerfile"));
+    assert!(read(&guide()).contains("deploy/Dockerfile"));
 }
 
 /// `key=value` lines of a unit's section.
@@ -174,7 +180,7 @@ fn the_systemd_unit_mounts_unmounts_on_stop_and_restarts_on_failure() {
         .collect();
     assert_mount_flags_exist(&flags, "the systemd unit");
     assert!(section(&unit, "Install").contains(&("WantedBy", "multi-user.target")));
-    assert!(read(&root().join("README.md")).contains("deploy/systemd/dfcache-mount.service"));
+    assert!(read(&guide()).contains("deploy/systemd/dfcache-mount.service"));
 
     // systemd's own check, where systemd is installed, with the binary
     // where the unit expects it replaced by the one under test.

@@ -198,8 +198,8 @@ fn a_user_mounts_without_root_and_only_that_user_gets_in() {
     assert_eq!(by_root.kind(), std::io::ErrorKind::PermissionDenied);
 }
 
-/// `user_allow_other` in /etc/fuse.conf for as long as it lives (what the
-/// README tells users to add); the file is put back as it was.
+/// `user_allow_other` in /etc/fuse.conf for as long as it lives (what
+/// docs/SEMANTICS.md tells users to add); the file is put back as it was.
 struct AllowOther {
     was: Option<String>,
 }
