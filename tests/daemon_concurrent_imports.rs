@@ -106,7 +106,9 @@ async fn sixty_four_concurrent_imports_are_stored_a_few_at_a_time_byte_exact_and
     assert_eq!(data_files.len(), DISTINCT, "{data_files:?}");
     let want: HashSet<String> = ids.values().map(|id| format!("{id}.data")).collect();
     assert_eq!(data_files.into_iter().collect::<HashSet<_>>(), want);
-    for _ in 0..250 {
+    // The duplicates' temporary files go after their replies: up to 20 s
+    // on a busy machine.
+    for _ in 0..1000 {
         if d.leftovers() == 0 {
             break;
         }

@@ -94,9 +94,15 @@ async fn an_expired_task_being_read_is_collected_only_after_its_stream_ends() {
     })
     .await;
     let data = content(LEN);
-    let id = write_with_ttl(&d, &data, 1).await;
+    // The read must start before the task expires, and a 1 s TTL, which
+    // runs from the end of the write, can be over before the write returns
+    // on a busy disk (the commit syncs). So the task is written to last,
+    // the read started, then the same content written again with a 1 s
+    // TTL: storing content already stored refreshes the task's metadata.
+    let id = write_with_ttl(&d, &data, 3600).await;
     let data_file = d.store_dir().join(format!("tasks/{id}.data"));
     let (stream, got) = start_read(&d, &id).await;
+    assert_eq!(write_with_ttl(&d, &data, 1).await, id);
 
     let store = d.store.clone();
     eventually("the task to expire", || store.get(&id).is_err()).await;

@@ -121,8 +121,8 @@ fn legacy_cp_without_mapping_fails_visibly() {
 
 #[test]
 fn legacy_first_bytes_arrive_before_the_last_piece() {
-    // Pieces in order, each after 500 ms: the last lands >= 5 s after the
-    // download starts.
+    // Pieces in order, each after 500 ms: the last is sent >= 5 s after
+    // the download starts, which is after `start` below.
     let root = tempdir();
     let (split, daemon, id) = legacy_with_task(
         root.path(),
@@ -130,6 +130,7 @@ fn legacy_first_bytes_arrive_before_the_last_piece() {
         10 * PIECE,
         12,
     );
+    let last_piece = Duration::from_secs(5);
     let m = mount_in_container(&split, &daemon.socket);
     let task = mq(&m, &format!("tasks/{id}"));
     let c_src = sh_quote(&split.container.join("src.bin"));
@@ -142,9 +143,12 @@ fn legacy_first_bytes_arrive_before_the_last_piece() {
     m.sh_ok(&format!("cmp {task} {c_src}"));
     let whole = start.elapsed();
     eprintln!("first 4 KiB after {first:?}, the whole task after {whole:?}");
+    // The bound is the pacing's, not the machine's speed: a mount that
+    // waited for the whole task would give its first bytes only after the
+    // last piece was sent (a busy machine adds to `first` either way).
     assert!(
-        first < Duration::from_secs(3),
-        "the first 4 KiB took {first:?}"
+        first < last_piece,
+        "the first 4 KiB took {first:?}, as long as the last piece"
     );
     assert!(
         whole >= Duration::from_millis(4500),

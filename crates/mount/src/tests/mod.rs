@@ -23,6 +23,11 @@ const MIB: u64 = 1 << 20;
 /// How long an injected stall lasts (the fake's stand-in for the client's
 /// deadline).
 const DEADLINE: Duration = Duration::from_millis(50);
+/// The mount's own no-progress window. The faults the tests inject end by
+/// the fake's DEADLINE; this one only has to outlast a busy machine's
+/// scheduling delays between two pieces of a healthy download (at 50 ms,
+/// whole-task downloads timed out while other builds ran beside the tests).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn config() -> FsConfig {
     FsConfig {
@@ -33,7 +38,7 @@ fn config() -> FsConfig {
         free_space_of: None,
         path_mapping: PathMapper::default(),
         import: ImportOptions::default(),
-        fetch_timeout: DEADLINE,
+        fetch_timeout: FETCH_TIMEOUT,
         negative_ttl: Duration::from_secs(5),
         task_cache_size: 1 << 30,
         owner: Owner { uid: 0, gid: 0 },
