@@ -30,6 +30,7 @@ SIZE="${SIZE:-2G}"
 RUNS="${RUNS:-5}"
 WORK="${WORK:-/var/tmp/dfcache-bench}"
 
+bash "$here/install-deps.sh"
 build_release
 mkdir -p "$WORK"
 rm -rf "$WORK/store" "$WORK/out" "$WORK/copy" "$WORK/disk-work"

@@ -8,7 +8,8 @@
 # subprocesses run counts too. Builds go to target/coverage (the normal
 # target/debug is left alone). Installs what it lacks: the test programs
 # (install-deps.sh), cargo-llvm-cov (cargo install) and llvm-cov and
-# llvm-profdata of rustc's LLVM version (Debian's llvm-N).
+# llvm-profdata of rustc's LLVM version (Debian's llvm-N, or else rustup's
+# llvm-tools component).
 #
 # Prints a table (module, lines, covered, percent) and writes it, with the
 # per-file table and the lcov data, to target/coverage/. Lines are counted
@@ -40,36 +41,67 @@ sudo=""
 bash scripts/install-deps.sh
 
 # llvm-cov and llvm-profdata must read rustc's profile format: the same LLVM
-# major version as rustc's, or a newer one that still reads it.
+# major version as rustc's, or a newer one that still reads it. Debian's
+# llvm-N first (N from rustc's major up), installed or installable (bookworm
+# has llvm-22 in bookworm-security); else rustup's llvm-tools component,
+# which is rustc's own LLVM, for a release or mirror without an llvm-N that
+# new.
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$llvm_major" ] || { echo "cannot tell rustc's LLVM version" >&2; exit 1; }
+rustup_llvm="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin"
+# has_llvm DIR: whether DIR holds both programs.
+has_llvm() { [ -x "$1/llvm-cov" ] && [ -x "$1/llvm-profdata" ]; }
+# find_llvm: the directory of installed programs that read rustc's profiles.
 find_llvm() {
   local v
   for v in $(seq "$llvm_major" $((llvm_major + 3))); do
-    if [ -x "/usr/lib/llvm-$v/bin/llvm-cov" ] && [ -x "/usr/lib/llvm-$v/bin/llvm-profdata" ]; then
+    if has_llvm "/usr/lib/llvm-$v/bin"; then
       echo "/usr/lib/llvm-$v/bin"
       return 0
     fi
+  done
+  if has_llvm "$rustup_llvm"; then
+    echo "$rustup_llvm"
+    return 0
+  fi
+  return 1
+}
+# debian_llvm: the first llvm-N package, N from rustc's major up, that apt
+# has a candidate version of (run `apt-get update` first).
+debian_llvm() {
+  local v policy
+  for v in $(seq "$llvm_major" $((llvm_major + 3))); do
+    # The whole output is matched, not piped into `grep -q`: grep leaves at
+    # the first match, apt-cache still writing then dies of SIGPIPE, and
+    # under pipefail the pipeline fails although the package is there.
+    policy=$(apt-cache policy "llvm-$v" 2> /dev/null) || continue
+    case "$policy" in
+      *"Candidate: "[0-9]*)
+        echo "llvm-$v"
+        return 0
+        ;;
+    esac
   done
   return 1
 }
 if [ -z "${LLVM_COV:-}" ] || [ -z "${LLVM_PROFDATA:-}" ]; then
   if ! llvm_bin=$(find_llvm); then
-    $sudo apt-get update -qq
     pkg=""
-    for v in $(seq "$llvm_major" $((llvm_major + 3))); do
-      if apt-cache policy "llvm-$v" 2> /dev/null | grep -q 'Candidate: [0-9]'; then
-        pkg="llvm-$v"
-        break
-      fi
-    done
-    [ -n "$pkg" ] || {
-      echo "no Debian package llvm-$llvm_major (rustc's LLVM) or newer: install llvm-cov and llvm-profdata of LLVM >= $llvm_major and set LLVM_COV and LLVM_PROFDATA" >&2
+    if command -v apt-get > /dev/null; then
+      $sudo apt-get update -qq
+      pkg=$(debian_llvm) || pkg=""
+    fi
+    if [ -n "$pkg" ]; then
+      echo "installing: $pkg"
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg" > /dev/null
+    elif command -v rustup > /dev/null; then
+      echo "installing: rustup component llvm-tools (no Debian package llvm-$llvm_major or newer)"
+      rustup component add llvm-tools
+    fi
+    llvm_bin=$(find_llvm) || {
+      echo "no llvm-cov and llvm-profdata of LLVM >= $llvm_major (rustc's LLVM) and none to install (Debian's llvm-N, rustup's llvm-tools): install them and set LLVM_COV and LLVM_PROFDATA" >&2
       exit 1
     }
-    echo "installing: $pkg"
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg" > /dev/null
-    llvm_bin=$(find_llvm)
   fi
   export LLVM_COV="$llvm_bin/llvm-cov" LLVM_PROFDATA="$llvm_bin/llvm-profdata"
 fi

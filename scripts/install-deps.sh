@@ -7,6 +7,8 @@
 set -euo pipefail
 
 need=()
+# cargo links with the system's cc, which rustup does not install.
+command -v cc > /dev/null || need+=(gcc libc6-dev)
 command -v fusermount3 > /dev/null || need+=(fuse3)
 command -v getfattr > /dev/null || need+=(attr)
 command -v mountpoint > /dev/null || need+=(util-linux)
@@ -21,9 +23,14 @@ command -v setpriv > /dev/null || need+=(util-linux)
 # The power-loss tests put a store on a loop-mounted ext4 image.
 command -v mkfs.ext4 > /dev/null || need+=(e2fsprogs)
 command -v losetup > /dev/null || need+=(mount)
+# The tests signal daemons with kill(1), a program (procps), not the shell's
+# builtin: `type -P` looks for the program only.
+type -P kill > /dev/null || need+=(procps)
 
-# PyYAML, for the test that parses the README's Kubernetes manifests.
-python3 -c 'import yaml' 2> /dev/null || pip_yaml=1
+# PyYAML, for the test that parses the Kubernetes manifests: Debian's
+# package (pip refuses to install into Debian's python3, PEP 668, and
+# python3-pip is not installed on a fresh machine).
+python3 -c 'import yaml' 2> /dev/null || need+=(python3-yaml)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -35,6 +42,8 @@ fi
 
 command -v cargo > /dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 
-if [ "${pip_yaml:-0}" = 1 ]; then
-  python3 -m pip install -q pyyaml || { echo "cannot install PyYAML (pip)" >&2; exit 1; }
+# A python3 that is not Debian's (pyenv, a virtualenv) does not see
+# python3-yaml: pip is its way.
+if ! python3 -c 'import yaml' 2> /dev/null; then
+  python3 -m pip install -q pyyaml || { echo "cannot install PyYAML for $(command -v python3) (pip)" >&2; exit 1; }
 fi

@@ -13,7 +13,8 @@ SIZE="${SIZE:-4G}"
 WORK="${WORK:-/var/tmp/dfcache-memory}"
 LIMIT_KIB=$((200 * 1024))
 
-command -v /usr/bin/time > /dev/null || { apt-get update -qq && apt-get install -y -qq time; }
+# /usr/bin/time (Debian's time package) and cc for the build.
+bash "$here/install-deps.sh"
 build_release
 mkdir -p "$WORK"
 rm -rf "$WORK/store" "$WORK/out"
