@@ -6,6 +6,7 @@ pub mod ext4;
 pub mod inproc;
 pub mod ns;
 pub mod tree;
+pub mod user;
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;

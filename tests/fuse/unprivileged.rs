@@ -5,78 +5,14 @@
 //! removes it, also on failure.
 
 use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 
+use crate::common::user::{as_ids, ok_as, sh_as, TestUser};
 use crate::common::*;
 use crate::harness::*;
 
 /// The user everyone else is: nobody, who is in no group of the test user.
 const OTHER: (u32, u32) = (65534, 65534);
-
-/// A user made for one test (`useradd`), deleted on drop.
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    fn create() -> TestUser {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "dfct{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        sh_ok(&format!(
-            "useradd --no-create-home --user-group --shell /usr/sbin/nologin {name}"
-        ));
-        let id = |flag: &str| -> u32 {
-            sh_ok(&format!("id {flag} {name}"))
-                .parse()
-                .expect("a numeric id")
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        TestUser { name, uid, gid }
-    }
-
-    /// A command prefix that runs the rest as this user.
-    fn prefix(&self) -> Vec<String> {
-        as_ids(self.uid, self.gid)
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
-}
-
-fn as_ids(uid: u32, gid: u32) -> Vec<String> {
-    vec![
-        "setpriv".into(),
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        "--clear-groups".into(),
-    ]
-}
-
-/// `sh -c script` as `prefix`'s user.
-fn sh_as(prefix: &[String], script: &str) -> Output {
-    Command::new(&prefix[0])
-        .args(&prefix[1..])
-        .args(["sh", "-c", script])
-        .output()
-        .expect("run sh as another user")
-}
-
-fn ok_as(prefix: &[String], script: &str) -> String {
-    succeeded(
-        &sh_as(prefix, script),
-        format_args!("`{script}` as {prefix:?}"),
-    )
-}
 
 /// Insists `script` failed as `prefix`'s user with "Permission denied".
 fn refused_as(prefix: &[String], script: &str) {
