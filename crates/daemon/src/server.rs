@@ -4,22 +4,23 @@
 mod download;
 mod link;
 mod listener;
+mod output;
 pub(crate) mod read;
 pub(crate) mod reply;
+mod upload;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
 
-use crate::store::{Store, TaskMeta, WriteParams};
-use dfcache_wire::domain::ttl::{duration_to_proto, ttl_from_proto, MIN_TTL};
+use crate::caller::{Acting, Caller};
+use crate::store::{Deleter, Store, TaskMeta};
+use dfcache_wire::domain::ttl::{duration_to_proto, MIN_TTL};
 use dfcache_wire::pb::common::PersistentCacheTask;
 use dfcache_wire::pb::dfdaemon::dfdaemon_download_server::{
     DfdaemonDownload, DfdaemonDownloadServer,
@@ -86,9 +87,6 @@ pub enum Emulation {
     Legacy,
 }
 
-/// Accepted connections, as tonic takes them.
-type Incoming = Pin<Box<dyn Stream<Item = std::io::Result<tokio::net::UnixStream>> + Send>>;
-
 /// Serves `store` on `socket` until `shutdown` resolves.
 pub async fn serve(
     store: Store,
@@ -101,11 +99,8 @@ pub async fn serve(
     info!(socket = %socket.display(), "embedded daemon listening");
     // Short reads have a channel of their own on the same socket, unless
     // this daemon stands in for one that had none.
-    let incoming: Incoming = if options.emulate == Emulation::Current {
-        Box::pin(crate::short_reads::Incoming::new(listener, store.clone()))
-    } else {
-        Box::pin(tokio_stream::wrappers::UnixListenerStream::new(listener))
-    };
+    let short_reads = options.emulate == Emulation::Current;
+    let incoming = crate::short_reads::Incoming::new(listener, store.clone(), short_reads);
     let result = tonic::transport::Server::builder()
         .max_frame_size(GRPC_FRAME_SIZE)
         .initial_stream_window_size(GRPC_STREAM_WINDOW)
@@ -182,6 +177,17 @@ pub(crate) fn client_path(path: &str, what: &str) -> Result<PathBuf, Status> {
         )));
     }
     Ok(path)
+}
+
+/// Who sent `request`: the credentials of its connection (see
+/// [`crate::caller`]). A request without them (a service not served by
+/// [`serve`]) is refused rather than served with nobody's rights.
+pub(crate) fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::permission_denied("the daemon cannot tell who is calling"))
 }
 
 impl Daemon {
@@ -265,7 +271,8 @@ impl DfdaemonDownload for Daemon {
         request: Request<Streaming<WritePersistentCacheTaskRequest>>,
     ) -> Result<Response<WritePersistentCacheTaskResponse>, Status> {
         self.refuse_streaming("WritePersistentCacheTask")?;
-        let span = info_span!("write", task_id = tracing::field::Empty);
+        let caller = caller_of(&request)?;
+        let span = info_span!("write", task_id = tracing::field::Empty, uid = caller.uid, pid = ?caller.pid);
         let extensions = self.emulate == Emulation::Current;
         write::handle(
             &self.store,
@@ -273,6 +280,7 @@ impl DfdaemonDownload for Daemon {
             extensions,
             self.min_ttl,
             &self.imports,
+            caller.uid,
         )
         .instrument(span)
         .await
@@ -299,6 +307,7 @@ impl DfdaemonDownload for Daemon {
         request: Request<DownloadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
         self.refuse_beyond_streaming("DownloadPersistentCacheTask")?;
+        let acting = Acting::for_caller(&caller_of(&request)?);
         let order = match self.emulate {
             Emulation::Legacy => match self.legacy_piece_delay {
                 Some(delay) => download::PieceOrder::Paced(delay),
@@ -310,13 +319,14 @@ impl DfdaemonDownload for Daemon {
         // whenever it can; this daemon does so only when asked to
         // (force_hard_link: the mount, which never writes it), because a
         // program that later writes its export in place would write the
-        // stored task.
+        // stored task. Never for a caller other than root or the daemon's
+        // uid (see `download::Destination`).
         let links = if self.emulate == Emulation::Legacy {
             download::Links::WhenPossible
         } else {
             download::Links::WhenForced
         };
-        download::handle(&self.store, request.into_inner(), order, links)
+        download::handle(&self.store, request.into_inner(), order, links, acting)
             .await
             .map(Response::new)
             .map_err(|s| self.as_released(s))
@@ -327,39 +337,20 @@ impl DfdaemonDownload for Daemon {
         request: Request<UploadPersistentCacheTaskRequest>,
     ) -> Result<Response<PersistentCacheTask>, Status> {
         self.refuse_beyond_streaming("UploadPersistentCacheTask")?;
-        let req = request.into_inner();
-        let path = client_path(&req.path, "upload")?;
-        let span = info_span!("upload", path = %path.display());
-        let params = WriteParams {
-            expected_length: None,
-            piece_length: requested_piece_length(req.piece_length),
-            persistent_replica_count: req.persistent_replica_count,
-            tag: req.tag,
-            application: req.application,
-            ttl: ttl_from_proto(req.ttl, self.min_ttl).map_err(|e| status_of(e.into()))?,
-            content_for_calculating_task_id: req.content_for_calculating_task_id,
-        };
-        params.validate().map_err(status_of)?;
-        let _permit = self
-            .imports
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
-        let _in_flight = dfcache_metrics::daemon().import_in_flight();
+        let caller = caller_of(&request)?;
         // Today's dfdaemon links a file on its own file system into its
         // storage instead of copying it; the legacy emulation does too.
         let link = self.emulate == Emulation::Legacy;
-        let meta = async {
-            if link {
-                self.store.link_path(&path, params).await
-            } else {
-                self.store.import_path(&path, params).await
-            }
-        }
-        .instrument(span)
+        upload::handle(
+            &self.store,
+            request.into_inner(),
+            &caller,
+            link,
+            self.min_ttl,
+            &self.imports,
+        )
         .await
-        .map_err(status_of)?;
-        Ok(Response::new(task_proto(&meta)))
+        .map(|meta| Response::new(task_proto(&meta)))
     }
 
     async fn stat_persistent_cache_task(
@@ -408,9 +399,18 @@ impl DfdaemonDownload for Daemon {
                 "DeletePersistentCacheTask is not on DfdaemonDownload",
             ));
         }
+        let caller = caller_of(&request)?;
+        // Root and the daemon's own uid delete any task; anyone else only
+        // the tasks they imported (docs/SECURITY.md, deleting tasks).
+        let by = if Acting::for_caller(&caller).is_daemon() {
+            Deleter::Privileged
+        } else {
+            Deleter::Importer(caller.uid)
+        };
         let id = request.into_inner().task_id;
+        info!(task_id = %id, uid = caller.uid, pid = ?caller.pid, "delete");
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.delete(&id))
+        tokio::task::spawn_blocking(move || store.delete(&id, by))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(status_of)?;

@@ -1,6 +1,7 @@
-//! The daemon's side: each accepted connection is sorted by its first
-//! byte, to gRPC (tonic) or to the short-read loop, which answers ranges
-//! from the store exactly as the gRPC read of a short range does.
+//! The daemon's side: each accepted connection's credentials are read
+//! (the [`Caller`]), then the connection is sorted by its first byte, to
+//! gRPC (tonic) or to the short-read loop, which answers ranges from the
+//! store exactly as the gRPC read of a short range does.
 
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -13,8 +14,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::{Code, Status};
-use tracing::{debug, warn};
+use tracing::{debug, debug_span, warn, Instrument};
 
+use crate::caller::PeerStream;
 use crate::server::read::{range_end, read_exact};
 use crate::server::reply::status_of;
 use crate::store::Store;
@@ -33,26 +35,28 @@ const EXCHANGE_WITHIN: Duration = Duration::from_secs(30);
 /// The `method` label of short reads in the daemon's RPC metrics.
 const METRICS_METHOD: &str = "ShortRead";
 
-/// The connections for tonic, as its `serve_with_incoming` takes them;
-/// short-read connections are served on the side. Dropping it (the server
-/// stopped) stops accepting and ends the short-read connections.
+/// The connections for tonic, as its `serve_with_incoming` takes them,
+/// each with its caller; short-read connections are served on the side
+/// (unless `short_reads` is off: a daemon that stands in for one without
+/// the channel). Dropping it (the server stopped) stops accepting and ends
+/// the short-read connections.
 pub struct Incoming {
-    grpc: mpsc::Receiver<std::io::Result<UnixStream>>,
+    grpc: mpsc::Receiver<std::io::Result<PeerStream>>,
     accept: JoinHandle<()>,
 }
 
 impl Incoming {
-    pub fn new(listener: UnixListener, store: Store) -> Self {
+    pub fn new(listener: UnixListener, store: Store, short_reads: bool) -> Self {
         let (tx, grpc) = mpsc::channel(16);
         Incoming {
             grpc,
-            accept: tokio::spawn(accept(listener, store, tx)),
+            accept: tokio::spawn(accept(listener, store, tx, short_reads)),
         }
     }
 }
 
 impl tokio_stream::Stream for Incoming {
-    type Item = std::io::Result<UnixStream>;
+    type Item = std::io::Result<PeerStream>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.grpc.poll_recv(cx)
@@ -68,15 +72,19 @@ impl Drop for Incoming {
 async fn accept(
     listener: UnixListener,
     store: Store,
-    grpc: mpsc::Sender<std::io::Result<UnixStream>>,
+    grpc: mpsc::Sender<std::io::Result<PeerStream>>,
+    short_reads: bool,
 ) {
     // Owned here, so aborting this task ends every connection it served.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            accepted = listener.accept() => match accepted.and_then(|(s, _)| PeerStream::accepted(s)) {
+                Ok(stream) if short_reads => {
                     connections.spawn(sort(stream, store.clone(), grpc.clone()));
+                }
+                Ok(stream) => {
+                    let _ = grpc.send(Ok(stream)).await;
                 }
                 Err(e) => {
                     // Out of descriptors, most likely: let some close.
@@ -90,9 +98,15 @@ async fn accept(
 }
 
 /// Hands `stream` to gRPC, or serves it here if it starts with the hello.
-async fn sort(stream: UnixStream, store: Store, grpc: mpsc::Sender<std::io::Result<UnixStream>>) {
-    match tokio::time::timeout(SORT_WITHIN, first_byte(&stream)).await {
-        Ok(Ok(Some(byte))) if byte == HELLO[0] => serve(stream, store).await,
+async fn sort(stream: PeerStream, store: Store, grpc: mpsc::Sender<std::io::Result<PeerStream>>) {
+    let first = tokio::time::timeout(SORT_WITHIN, first_byte(stream.stream())).await;
+    match first {
+        Ok(Ok(Some(byte))) if byte == HELLO[0] => {
+            let (stream, caller) = stream.into_parts();
+            let span =
+                debug_span!("short_reads", uid = caller.uid, gid = caller.gid, pid = ?caller.pid);
+            serve(stream, store).instrument(span).await
+        }
         Ok(Ok(None)) | Ok(Err(_)) => {} // closed before a word
         Ok(Ok(Some(_))) | Err(_) => {
             let _ = grpc.send(Ok(stream)).await;
@@ -126,7 +140,8 @@ async fn first_byte(stream: &UnixStream) -> std::io::Result<Option<u8>> {
 }
 
 /// The short-read loop of one connection: the hello, then requests until
-/// the client closes or sends something malformed.
+/// the client closes or sends something malformed. Any caller may read any
+/// task, as over gRPC; who it is is in the connection's span.
 async fn serve(mut stream: UnixStream, store: Store) {
     let mut hello = [0u8; HELLO.len()];
     let said_hello = tokio::time::timeout(EXCHANGE_WITHIN, stream.read_exact(&mut hello)).await;

@@ -3,9 +3,7 @@
 //! content (`need_piece_content`) for the client to place by offset.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -13,20 +11,20 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::caller::Acting;
 use crate::store::{read_at, Store, TaskMeta};
 use dfcache_wire::digest::{piece_digest, Digest, Hasher};
 use dfcache_wire::pb::common::{Piece, TrafficType};
 use dfcache_wire::pb::dfdaemon::download_persistent_cache_task_response::Response as Msg;
 use dfcache_wire::pb::dfdaemon::*;
 
+use super::output::Output;
 use super::reply::{status_of, ResponseStream};
 
 /// Pieces read ahead of the client: one being sent, one being read.
 const PIECES_AHEAD: usize = 2;
 /// Pieces are read in slices of this size when verifying a digest.
 const VERIFY_READ: usize = 4 << 20;
-
-static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 type Tx = mpsc::Sender<Result<DownloadPersistentCacheTaskResponse, Status>>;
 
@@ -73,11 +71,13 @@ pub enum Links {
     WhenForced,
 }
 
+/// An output path is written with `acting`'s rights (see [`Output`]).
 pub async fn handle(
     store: &Store,
     req: DownloadPersistentCacheTaskRequest,
     order: PieceOrder,
     links: Links,
+    acting: Acting,
 ) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
     let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     let digest = req
@@ -88,13 +88,17 @@ pub async fn handle(
         .transpose()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let output = match req.output_path.as_deref().filter(|p| !p.is_empty()) {
-        Some(path) => Some(Destination::of(
-            store,
-            &meta.id,
-            &super::client_path(path, "output")?,
-            &req,
-            links,
-        )?),
+        Some(path) => Some(
+            Destination::of(
+                store,
+                &meta.id,
+                &super::client_path(path, "output")?,
+                &req,
+                links,
+                &acting,
+            )
+            .await?,
+        ),
         None if req.need_piece_content => None,
         None => {
             return Err(Status::invalid_argument(
@@ -103,7 +107,8 @@ pub async fn handle(
         }
     };
     let (tx, rx) = mpsc::channel(PIECES_AHEAD);
-    let span = info_span!("download", task_id = %meta.id, output = ?req.output_path);
+    let span =
+        info_span!("download", task_id = %meta.id, output = ?req.output_path, uid = acting.uid());
     let need_content = req.need_piece_content;
     tokio::spawn(
         async move {
@@ -121,17 +126,12 @@ pub async fn handle(
             .await;
             match (result, output) {
                 (Ok(()), Some(Destination::Linked)) => info!("exported by hard link"),
-                (Ok(()), Some(Destination::Copy(output))) => {
-                    match tokio::task::spawn_blocking(move || output.commit())
-                        .await
-                        .unwrap_or_else(|e| Err(Status::internal(format!("commit export: {e}"))))
-                    {
-                        Ok(()) => info!("exported to output path"),
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                        }
+                (Ok(()), Some(Destination::Copy(output))) => match output.commit().await {
+                    Ok(()) => info!("exported to output path"),
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                     }
-                }
+                },
                 (Ok(()), None) => {}
                 (Err(status), output) => {
                     drop(output);
@@ -248,21 +248,44 @@ async fn verify(file: &Arc<File>, len: u64, expected: &Digest) -> Result<(), Sta
 /// download, so a reader of the output may read each reported piece), or
 /// a copy when the two are on different file systems and no link is
 /// insisted on (`force_hard_link`).
+///
+/// Links are only for root and the daemon's own uid (the mount's spool):
+/// a link is the stored content file itself, so it cannot belong to the
+/// caller as an export should, and were it given to the caller (chown),
+/// the caller could change the stored task in place for every reader.
+/// (The kernel would refuse the link itself to the caller too, under
+/// `fs.protected_hardlinks`.) Anyone else gets a copy, or PERMISSION_DENIED
+/// when it insists on a link; the mount then downloads the content.
 enum Destination {
     Linked,
     Copy(Output),
 }
 
 impl Destination {
-    fn of(
+    async fn of(
         store: &Store,
         id: &str,
         target: &Path,
         req: &DownloadPersistentCacheTaskRequest,
         links: Links,
+        acting: &Acting,
     ) -> Result<Self, Status> {
+        if !acting.is_daemon() {
+            if req.force_hard_link {
+                return Err(Status::permission_denied(format!(
+                    "{}: a hard link to a stored task is for root only (uid {} may have a copy: ask without force_hard_link)",
+                    target.display(),
+                    acting.uid()
+                )));
+            }
+            return Ok(Destination::Copy(
+                Output::create(acting, target, req.overwrite).await?,
+            ));
+        }
         if links == Links::WhenForced && !req.force_hard_link {
-            return Ok(Destination::Copy(Output::create(target, req.overwrite)?));
+            return Ok(Destination::Copy(
+                Output::create(acting, target, req.overwrite).await?,
+            ));
         }
         match super::link::link_content(&store.content_path(id), target, req.overwrite) {
             Ok(()) => Ok(Destination::Linked),
@@ -275,88 +298,11 @@ impl Destination {
             ))),
             Err(e) => {
                 info!(error = %e, target = %target.display(), "cannot hard-link; copying");
-                Ok(Destination::Copy(Output::create(target, req.overwrite)?))
+                Ok(Destination::Copy(
+                    Output::create(acting, target, req.overwrite).await?,
+                ))
             }
         }
-    }
-}
-
-/// The file the daemon copies an export into: written under a temporary
-/// name beside the target and renamed over it only when complete.
-struct Output {
-    file: Arc<File>,
-    temp: PathBuf,
-    target: PathBuf,
-    committed: bool,
-}
-
-impl Output {
-    fn create(target: &Path, overwrite: bool) -> Result<Self, Status> {
-        if target.exists() && !overwrite {
-            return Err(Status::already_exists(format!(
-                "{} already exists",
-                target.display()
-            )));
-        }
-        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-            return Err(Status::invalid_argument(format!(
-                "output path {} names no file",
-                target.display()
-            )));
-        };
-        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
-        let temp = parent.join(format!(
-            ".{}.dfcache-{}-{n}.part",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = File::create(&temp).map_err(|e| io_status(&temp, e))?;
-        Ok(Self {
-            file: Arc::new(file),
-            temp,
-            target: target.to_path_buf(),
-            committed: false,
-        })
-    }
-
-    async fn write_at(&self, content: bytes::Bytes, offset: u64) -> Result<(), Status> {
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.write_all_at(&content, offset))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| io_status(&self.temp, e))
-    }
-
-    /// fsync, rename, fsync the directory: the export is complete at its
-    /// name after a power loss, or absent, never a name with missing bytes.
-    fn commit(mut self) -> Result<(), Status> {
-        self.file.sync_all().map_err(|e| io_status(&self.temp, e))?;
-        std::fs::rename(&self.temp, &self.target).map_err(|e| io_status(&self.target, e))?;
-        self.committed = true;
-        if let Some(parent) = self.target.parent() {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_status(parent, e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
-}
-
-fn io_status(path: &Path, e: std::io::Error) -> Status {
-    let msg = format!("{}: {e}", path.display());
-    match e.kind() {
-        std::io::ErrorKind::NotFound => Status::invalid_argument(msg),
-        std::io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
-        std::io::ErrorKind::StorageFull => Status::resource_exhausted(msg),
-        _ => Status::internal(msg),
     }
 }
 

@@ -19,12 +19,14 @@ pub const MAX_CHUNK: usize = 16 << 20;
 
 /// `extensions: false` behaves as a 2.1.12 daemon: it ignores the
 /// extension fields of the started message and answers only the task id.
+/// `importer` is the caller's uid, recorded with the task.
 pub async fn handle(
     store: &Store,
     mut stream: Streaming<WritePersistentCacheTaskRequest>,
     extensions: bool,
     min_ttl: std::time::Duration,
     imports: &tokio::sync::Semaphore,
+    importer: u32,
 ) -> Result<WritePersistentCacheTaskResponse, Status> {
     let started = match next(&mut stream).await? {
         Some(Msg::WritePersistentCacheTaskStartedRequest(started)) => started,
@@ -40,6 +42,7 @@ pub async fn handle(
         }
     };
     let mut params = params_of(started, min_ttl).map_err(status_of)?;
+    params.importer = Some(importer);
     if !extensions {
         params.piece_length = None;
         params.content_for_calculating_task_id = None;
@@ -137,5 +140,6 @@ fn params_of(
         application: started.application,
         ttl: ttl_from_proto(started.ttl, min_ttl)?,
         content_for_calculating_task_id: started.content_for_calculating_task_id,
+        importer: None,
     })
 }

@@ -11,6 +11,9 @@ pub enum StoreError {
     AlreadyExists { path: PathBuf },
     #[error("{path}: permission denied")]
     PermissionDenied { path: PathBuf },
+    /// A delete by a uid that did not import the task.
+    #[error("task {id} was not imported by uid {uid}: only its importers and root may delete it")]
+    NotAnImporter { id: String, uid: u32 },
     #[error("no space left while {context}")]
     NoSpace { context: String },
     /// Another process holds the store's lock file: two daemons on one

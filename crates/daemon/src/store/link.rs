@@ -19,8 +19,10 @@ use dfcache_wire::domain::ttl::DEFAULT_TTL;
 const HASH_READ: usize = 1 << 20;
 
 impl Store {
-    /// Like `import_path`, but links the file instead of copying it when it
-    /// is on the store's file system (falls back to a copy otherwise).
+    /// Imports the file at `path`, opened with the daemon's rights (for
+    /// root and the daemon's own uid only: the task then shares the
+    /// file's inode), by linking it when it is on the store's file system;
+    /// copies it otherwise.
     pub async fn link_path(&self, path: &Path, params: WriteParams) -> StoreResult<TaskMeta> {
         params.validate()?;
         let store = self.clone();
@@ -34,7 +36,12 @@ impl Store {
         .map_err(|e| StoreError::io("link task", std::io::Error::other(e)))?;
         match linked {
             Ok((Some(meta), _)) => Ok(meta),
-            Ok((None, params)) => self.import_path(path, params).await,
+            Ok((None, params)) => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| StoreError::path(path, e))?;
+                self.import_file(file.into_std().await, path, params).await
+            }
             Err(e) => Err(e),
         }
     }
@@ -95,6 +102,7 @@ impl Store {
                 ttl: params.ttl.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TTL),
                 created_at: now,
                 updated_at: now,
+                importers: params.importer.into_iter().collect(),
             };
             self.commit(&temp, meta)
         })();

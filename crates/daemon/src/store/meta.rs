@@ -23,7 +23,17 @@ pub struct TaskMeta {
     pub ttl: Duration,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+    /// The uids that stored this content (the first import and each
+    /// import of the same content since), at most [`MAX_IMPORTERS`]: who
+    /// may delete the task besides root. Empty for a task stored before
+    /// importers were recorded.
+    pub importers: Vec<u32>,
 }
+
+/// Importers recorded per task; one past them is served the task as
+/// everyone else but is not recorded (and so may not delete it). Bounds a
+/// metadata file that any uid re-importing the content would grow.
+pub const MAX_IMPORTERS: usize = 32;
 
 /// The metadata file's message: `common.v2.PersistentCacheTask`'s numbers
 /// for the fields the store keeps (the others, replica counts and state,
@@ -50,9 +60,21 @@ struct StoredTask {
     created_at: Option<prost_types::Timestamp>,
     #[prost(message, optional, tag = "13")]
     updated_at: Option<prost_types::Timestamp>,
+    /// The store's own field, numbered far past the wire message's, which
+    /// ignores it (a decoder of `PersistentCacheTask` skips it).
+    #[prost(uint32, repeated, tag = "100")]
+    importers: Vec<u32>,
 }
 
 impl TaskMeta {
+    /// Records `uid` among the importers, unless it is one or the list is
+    /// full.
+    pub fn add_importer(&mut self, uid: u32) {
+        if !self.importers.contains(&uid) && self.importers.len() < MAX_IMPORTERS {
+            self.importers.push(uid);
+        }
+    }
+
     pub fn piece_count(&self) -> u32 {
         piece_count(self.content_length, self.piece_length)
     }
@@ -81,6 +103,7 @@ impl TaskMeta {
             ttl: Some(duration_to_proto(self.ttl)),
             created_at: Some(self.created_at.into()),
             updated_at: Some(self.updated_at.into()),
+            importers: self.importers.clone(),
         }
         .encode_to_vec()
     }
@@ -98,6 +121,8 @@ impl TaskMeta {
             ttl: task.ttl.map(duration_from_proto).unwrap_or_default(),
             created_at: task.created_at.map(time_from_proto).unwrap_or(UNIX_EPOCH),
             updated_at: task.updated_at.map(time_from_proto).unwrap_or(UNIX_EPOCH),
+            // A file written by hand or by another program may hold more.
+            importers: task.importers.into_iter().take(MAX_IMPORTERS).collect(),
         })
     }
 }
@@ -132,6 +157,7 @@ mod tests {
             ttl: Duration::from_secs(3600),
             created_at: now,
             updated_at: now,
+            importers: vec![0, 1000],
         };
         assert_eq!(TaskMeta::decode(&meta.encode()).unwrap(), meta);
         assert_eq!(meta.piece_count(), 3);
@@ -149,6 +175,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             created_at: UNIX_EPOCH,
             updated_at: UNIX_EPOCH,
+            importers: Vec::new(),
         };
         let mut task = StoredTask::decode(meta.encode().as_slice()).unwrap();
         for (secs, ttl) in [

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use dfcache_direct_io::BlockPool;
 pub use error::{StoreError, StoreResult};
-pub use meta::TaskMeta;
+pub use meta::{TaskMeta, MAX_IMPORTERS};
 pub use range::RangeReader;
 pub use writer::{TaskWriter, WriteParams, MAX_APPLICATION_LEN, MAX_ID_CONTENT_LEN, MAX_TAG_LEN};
 
@@ -191,11 +191,15 @@ impl Store {
             .join(format!("{}-{n}.{suffix}", std::process::id()))
     }
 
-    /// Imports a file the daemon can open itself (the legacy upload RPC).
-    pub async fn import_path(&self, path: &Path, mut params: WriteParams) -> StoreResult<TaskMeta> {
-        let mut file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| StoreError::path(path, e))?;
+    /// Imports the regular file open as `file` (the upload RPC opened it
+    /// with its caller's rights); `path` is its name, for messages.
+    pub async fn import_file(
+        &self,
+        file: File,
+        path: &Path,
+        mut params: WriteParams,
+    ) -> StoreResult<TaskMeta> {
+        let mut file = tokio::fs::File::from_std(file);
         let metadata = file
             .metadata()
             .await
@@ -228,12 +232,27 @@ impl Store {
     /// descriptors (the buffered and, for long ranges, the direct one are
     /// both opened before the stream starts), which outlive the unlink, so
     /// the delete never waits on a slow reader and never cuts one short.
-    pub fn delete(&self, id: &str) -> StoreResult<()> {
+    ///
+    /// `by` says who asks: an importer's delete of a task it did not
+    /// import changes nothing (checked under the lock commits take, so no
+    /// import of the same content slips in between).
+    pub fn delete(&self, id: &str, by: Deleter) -> StoreResult<()> {
         check_task_id(id)?;
         let _guard = lock(&self.inner.commit);
-        if self.write_tasks().remove(id).is_none() {
+        let mut tasks = self.write_tasks();
+        let Some(meta) = tasks.get(id) else {
             return Err(StoreError::NotFound(id.to_string()));
+        };
+        if let Deleter::Importer(uid) = by {
+            if !meta.importers.contains(&uid) {
+                return Err(StoreError::NotAnImporter {
+                    id: id.to_string(),
+                    uid,
+                });
+            }
         }
+        tasks.remove(id);
+        drop(tasks);
         self.remove_files(id);
         // Without this a power loss can bring the deleted task back.
         self.sync_tasks_dir();
@@ -308,6 +327,10 @@ impl Store {
         if let Some(existing) = existing {
             let _ = std::fs::remove_file(temp);
             meta.created_at = existing.created_at;
+            let new = std::mem::replace(&mut meta.importers, existing.importers);
+            for uid in new {
+                meta.add_importer(uid);
+            }
             self.write_meta(&meta)?;
             debug!(task_id = %meta.id, "content already stored; refreshed its metadata");
         } else {
@@ -393,6 +416,15 @@ impl Store {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Who asks for a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleter {
+    /// Root or the daemon's own uid: any task.
+    Privileged,
+    /// Any other uid: only a task it imported.
+    Importer(u32),
 }
 
 /// One stream reading a task; GC skips the task while any lease on it
@@ -703,6 +735,7 @@ mod tests {
             ttl,
             created_at: now,
             updated_at: now,
+            importers: Vec::new(),
         }
     }
 
@@ -795,6 +828,65 @@ mod tests {
         assert!(store.list().is_empty());
         assert!(matches!(store.get(&id), Err(StoreError::NotFound(_))));
         assert_eq!(store.collect_expired(), 1);
+    }
+
+    /// Stores `content` as `uid` would through the server.
+    fn store_as(store: &Store, content: &'static [u8], uid: u32) -> TaskMeta {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut writer = store
+                .begin_write(WriteParams {
+                    importer: Some(uid),
+                    ..WriteParams::default()
+                })
+                .unwrap();
+            writer.write(Bytes::from_static(content)).await.unwrap();
+            writer.finish().await.unwrap()
+        })
+    }
+
+    #[test]
+    fn a_task_records_its_importers_and_only_they_or_the_privileged_delete_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store_as(&store, b"shared", 1000).id;
+        assert_eq!(store_as(&store, b"shared", 1001).importers, [1000, 1001]);
+        assert_eq!(store_as(&store, b"shared", 1000).importers, [1000, 1001]);
+
+        let err = store.delete(&id, Deleter::Importer(1002)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotAnImporter { uid: 1002, .. }),
+            "{err}"
+        );
+        assert!(store.get(&id).is_ok());
+        // Kept across a restart.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get(&id).unwrap().importers, [1000, 1001]);
+        store.delete(&id, Deleter::Importer(1001)).unwrap();
+        assert!(matches!(store.get(&id), Err(StoreError::NotFound(_))));
+
+        let other = store_as(&store, b"other", 1000).id;
+        store.delete(&other, Deleter::Privileged).unwrap();
+        assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn importers_past_the_limit_are_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for uid in 0..MAX_IMPORTERS as u32 + 5 {
+            store_as(&store, b"popular", 2000 + uid);
+        }
+        let meta = store.list().pop().unwrap();
+        assert_eq!(meta.importers.len(), MAX_IMPORTERS);
+        assert_eq!(
+            meta.importers.last(),
+            Some(&(2000 + MAX_IMPORTERS as u32 - 1))
+        );
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct WriteParams {
     /// `None` or zero means the default TTL.
     pub ttl: Option<Duration>,
     pub content_for_calculating_task_id: Option<String>,
+    /// The uid storing the task, recorded among its importers (who may
+    /// delete it); None for a write with no caller (the store's own tests).
+    pub importer: Option<u32>,
 }
 
 impl WriteParams {
@@ -217,6 +220,7 @@ impl TaskWriter {
                 .unwrap_or(DEFAULT_TTL),
             created_at: now,
             updated_at: now,
+            importers: self.params.importer.into_iter().collect(),
         };
         let store = self.store.clone();
         let temp = self.temp_path.clone();
