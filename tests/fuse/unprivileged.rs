@@ -1,8 +1,9 @@
 //! `dfcache mount` by a user who is not root, through fusermount3: the
 //! files are that user's, other users (root included) are kept out unless
 //! `--allow-other`, and then the kernel holds them to `--file-mode` and
-//! `--dir-mode` (default_permissions). Each test creates its own user and
-//! removes it, also on failure.
+//! `--dir-mode` (default_permissions); on root's `--legacy` daemon, the
+//! mount's imports and reads go through with the user's rights. Each test
+//! creates its own user and removes it, also on failure.
 
 use std::path::Path;
 use std::process::Command;
@@ -241,4 +242,39 @@ fn allow_other_lets_other_users_in_as_far_as_the_modes_say() {
     );
     ok_as(&other, &format!("cat {} > /dev/null", q(&m.task(&id))));
     refused_as(&user.prefix(), &format!("cat {}", q(&m.task(&id))));
+}
+
+#[test]
+fn a_users_mount_on_roots_legacy_daemon_imports_and_reads_with_the_users_rights() {
+    let _dev = DevFuseOpen::hold();
+    let user = TestUser::create();
+    let root = home_of(&user);
+    // Root's daemon, on a socket anyone may reach.
+    let daemon_root = tempdir();
+    sh_ok(&format!("chmod 755 {}", q(daemon_root.path())));
+    let daemon = Daemon::start_with(daemon_root.path(), &["--legacy", "--socket-mode", "0666"]);
+    let spool = root.path().join("spool");
+    ok_as(&user.prefix(), &format!("mkdir {}", q(&spool)));
+    let m = Mounted::start_as(
+        &user.prefix(),
+        &root.path().join("mnt"),
+        &[
+            "-e",
+            daemon.socket.to_str().unwrap(),
+            "--spool",
+            spool.to_str().unwrap(),
+        ],
+    );
+    // The spool file is uploaded by path, and the daemon opens it as the
+    // user.
+    let id = import_as(&user, &m, root.path());
+    let src = root.path().join("src");
+    assert_eq!(id, expected_id(&src));
+    assert_eq!(daemon.ids(), vec![id.clone()]);
+    // The daemon will not hard-link its content file into the user's
+    // spool: the mount downloads the content instead, and reads it back.
+    let me = user.prefix();
+    ok_as(&me, &format!("cmp {} {}", q(&src), q(&m.task(&id))));
+    // Nothing of the daemon's is left in the user's spool.
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
 }
