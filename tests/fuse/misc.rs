@@ -58,25 +58,24 @@ fn df(path: &std::path::Path) -> (u64, u64) {
 
 #[test]
 fn df_reports_the_free_space_imports_land_on() {
-    const GIB: u64 = 1 << 30;
     // Embedded daemon: the free space of the store's disk, which python's
-    // shutil.disk_usage (what downloaders check) sees too.
+    // shutil.disk_usage (what downloaders check) sees too. The store has a
+    // disk of its own (a 256 MiB tmpfs), so that no other writer on the
+    // machine moves its free space between the two readings.
     let root = tempdir();
+    let store_disk = Tmpfs::mount(root.path().join("store"), "256m");
     let m = Mounted::embedded(root.path(), &[]);
-    let (_, store_free) = df(&root.path().join("store"));
+    let (_, store_free) = df(&store_disk.0);
+    assert!(store_free <= 256 * MIB, "{store_free}");
     let (used, free) = df(&m.mnt);
     assert_eq!(used, 0);
-    // Other tests write to the same disk meanwhile.
-    assert!(free.abs_diff(store_free) < GIB, "{free} vs {store_free}");
+    assert_eq!(free, store_free);
     let py = python(
         "import shutil, sys; print(shutil.disk_usage(sys.argv[1]).free)",
         &[&m.mnt.to_string_lossy()],
     );
     let py_free: u64 = succeeded(&py, "python disk_usage").parse().unwrap();
-    assert!(
-        py_free.abs_diff(store_free) < GIB,
-        "{py_free} vs {store_free}"
-    );
+    assert_eq!(py_free, store_free);
     drop(m);
 
     // A spool (on a 64 MiB tmpfs): its free space, exactly.
