@@ -17,8 +17,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PathBuf::from("proto/common.proto"),
                 PathBuf::from("proto/dfdaemon.proto"),
             ],
-            &[PathBuf::from("proto"), well_known],
+            &[PathBuf::from("proto"), well_known.clone()],
         )?;
+    // The CSI services kubelet calls on `dfcache csi`. Compiled apart:
+    // the descriptor set above is dragonfly-api's, compared field by field
+    // with the published crates (tests/wire_compat.rs).
+    tonic_prost_build::configure().compile_protos(
+        &[PathBuf::from("proto/csi.proto")],
+        &[PathBuf::from("proto"), well_known],
+    )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The wire contract: what dfcache's client, daemon and mount agree on.
 //!
-//! - [`pb`]: code generated from proto/ (Dragonfly's dfdaemon API);
+//! - [`pb`]: code generated from proto/ (Dragonfly's dfdaemon API, and the
+//!   CSI services kubelet calls on a node plugin);
 //! - [`transport`]: HTTP/2 settings both ends of the Unix socket use;
 //! - [`domain`]: Dragonfly's rules (task ids, piece lengths, TTLs, chunks);
 //! - [`tree`]: directory trees as manifests of tasks;
