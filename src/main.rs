@@ -12,7 +12,7 @@ use cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Mount(_) => "info",
+        Command::Serve(_) | Command::Mount(_) | Command::Csi(_) => "info",
         _ => "warn",
     };
     let level = cli
@@ -57,6 +57,7 @@ fn main() -> std::process::ExitCode {
             Command::Rm(args) => cli::rm::run(global, args).await,
             Command::Serve(args) => cli::serve::run(args).await,
             Command::Mount(args) => cli::mount::run(global, args).await,
+            Command::Csi(args) => cli::csi::run(args).await,
             Command::Completions(args) => {
                 cli::completions::run(args, <Cli as clap::CommandFactory>::command())
             }

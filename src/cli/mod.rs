@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod completions;
+pub mod csi;
 pub mod export;
 pub mod flags;
 pub mod import;
@@ -48,6 +49,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Mount tasks/ and import/ at a directory (stays in the foreground).
     Mount(mount::MountArgs),
+    /// Serve the CSI node plugin that publishes the node mount's trees and
+    /// tasks as pod volumes (driver dfcache.d7y.io).
+    Csi(csi::CsiArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
 }
