@@ -2,6 +2,7 @@
 //! socket, the real CLI binary, and deterministic test files.
 #![allow(dead_code)]
 
+pub mod csi;
 pub mod ext4;
 pub mod inproc;
 pub mod ns;

@@ -7,6 +7,7 @@ mod common;
 mod harness;
 
 mod concurrency;
+mod csi;
 mod deploy_probes;
 mod drop_behind;
 mod failures;
