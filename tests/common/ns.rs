@@ -220,7 +220,7 @@ impl Drop for Guard {
 
 /// A command prefix: a new private mount namespace where `mounts` (a sh
 /// command) runs and then the program after the prefix is exec'd.
-fn unshare_then(mounts: &str) -> Vec<String> {
+pub fn unshare_then(mounts: &str) -> Vec<String> {
     let script = format!("{mounts} && exec \"$0\" \"$@\"");
     [
         "unshare",

@@ -135,3 +135,22 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn kernel_read_ahead_is_raised_where_sys_is_read_only() {
+    // A privileged container's /sys is read-only: the mount raises the
+    // read-ahead through a sysfs of its own instead.
+    let root = tempdir();
+    let wrapper = crate::common::ns::unshare_then("mount -o remount,bind,ro /sys");
+    let store = root.path().join("store");
+    let m = Mounted::start_in(
+        &wrapper,
+        &root.path().join("mnt"),
+        &["--embedded", store.to_str().unwrap()],
+    );
+    let sys_options = m.sh_ok("awk '$5 == \"/sys\" { print $6 }' /proc/self/mountinfo");
+    assert!(sys_options.starts_with("ro"), "/sys is {sys_options}");
+    let dev = m.sh_ok(&format!("mountpoint -d {}", q(&m.mnt)));
+    let kb = std::fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    assert_eq!(kb.trim(), "1024");
+}

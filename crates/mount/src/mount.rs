@@ -227,12 +227,61 @@ fn raise_read_ahead(mountpoint: &Path, kb: u32) {
             return;
         }
     };
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let bdi = format!(
+        "class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let path = format!("/sys/{bdi}");
     match std::fs::write(&path, kb.to_string()) {
         Ok(()) => info!(path, kb, "raised kernel read-ahead"),
-        Err(e) => {
-            warn!(path, error = %e, "cannot raise kernel read-ahead (needs root); reads stay at 128 KiB")
+        // A container's /sys is read-only even when it is privileged: a
+        // sysfs of its own, mounted privately, is writable.
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => match write_in_private_sysfs(&bdi, kb) {
+            Ok(()) => info!(
+                path,
+                kb, "raised kernel read-ahead through a private sysfs (/sys is read-only here)"
+            ),
+            Err(private) => warn!(
+                path,
+                error = %private,
+                "cannot raise kernel read-ahead: /sys is read-only here and mounting a sysfs of \
+                 our own needs CAP_SYS_ADMIN; reads stay at 128 KiB"
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            warn!(path, error = %e, "cannot raise kernel read-ahead (writing it needs root); reads stay at 128 KiB")
         }
+        Err(e) => warn!(path, error = %e, "cannot raise kernel read-ahead; reads stay at 128 KiB"),
     }
+}
+
+/// Mounts a sysfs at a directory of this process's own, writes `kb` to
+/// `bdi` in it, and detaches it again.
+fn write_in_private_sysfs(bdi: &str, kb: u32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::env::temp_dir().join(format!("dfcache-sysfs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let c_dir =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: every string is NUL-terminated and outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c"sysfs".as_ptr(),
+            c_dir.as_ptr(),
+            c"sysfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    let written = if rc == 0 {
+        let written = std::fs::write(dir.join(bdi), kb.to_string());
+        // SAFETY: as above.
+        unsafe { libc::umount2(c_dir.as_ptr(), libc::MNT_DETACH) };
+        written
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    let _ = std::fs::remove_dir(&dir);
+    written
 }
