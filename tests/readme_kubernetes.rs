@@ -7,7 +7,11 @@
 //! DaemonSet unmounts in preStop and probes its mount point; the
 //! Dockerfile is multi-stage with fusermount3 in the final image; the
 //! systemd unit unmounts on stop, restarts on failure and passes
-//! `systemd-analyze verify`. Every dfcache flag the files use exists.
+//! `systemd-analyze verify`. The CSI driver object is what inline
+//! volumes need; the plugin's socket is where the registrar tells kubelet;
+//! a pod reading through the driver has no hostPath and no privileges; the
+//! sidecar is a native sidecar gated on its mount. Every dfcache flag the
+//! files use exists.
 //! (tests/fuse/deploy_probes.rs runs the probe and the preStop hook
 //! against real mounts.)
 
@@ -23,17 +27,27 @@ import os, sys, yaml
 root = sys.argv[1]
 guide = open(os.path.join(root, "docs", "KUBERNETES.md")).read()
 kdir = os.path.join(root, "deploy", "kubernetes")
-expected = {"cli-pod.yaml": "Pod", "sidecar-pod.yaml": "Pod", "node-daemonset.yaml": "DaemonSet"}
+expected = {"cli-pod.yaml": "Pod", "sidecar-pod.yaml": "Pod", "node-daemonset.yaml": "DaemonSet",
+            "csi-driver.yaml": "CSIDriver", "model-pod.yaml": "Pod"}
+DRIVER = "dfcache.d7y.io"
 assert sorted(os.listdir(kdir)) == sorted(expected), os.listdir(kdir)
+plugins = 0
 for name, kind in sorted(expected.items()):
     assert "deploy/kubernetes/" + name in guide, (name, "is not referenced by docs/KUBERNETES.md")
     docs = [d for d in yaml.safe_load_all(open(os.path.join(kdir, name))) if d]
     assert [d["kind"] for d in docs] == [kind], (name, docs)
     doc = docs[0]
+    if kind == "CSIDriver":
+        spec = doc["spec"]
+        assert doc["metadata"]["name"] == DRIVER, doc
+        assert spec["attachRequired"] is False and spec["podInfoOnMount"] is True, spec
+        assert spec["volumeLifecycleModes"] == ["Ephemeral"], spec
+        continue
     spec = doc["spec"]["template"]["spec"] if kind == "DaemonSet" else doc["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    for c in spec["containers"]:
-        env = {e["name"]: e["value"] for e in c.get("env", [])}
+    containers = spec.get("initContainers", []) + spec["containers"]
+    for c in containers:
+        env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
         mounts = {m["mountPath"]: (volumes[m["name"]], m) for m in c.get("volumeMounts", [])}
         if "DFCACHE_ENDPOINT" in env:
             sock_dir = env["DFCACHE_ENDPOINT"].rsplit("/", 1)[0]
@@ -43,6 +57,28 @@ for name, kind in sorted(expected.items()):
             assert container in mounts, (name, c["name"], container, "is not a mounted volume")
             assert mounts[container][0]["hostPath"]["path"] == host, (name, c["name"], entry)
         command = c.get("command", [])
+        if command[:2] == ["dfcache", "csi"]:
+            # The plugin: its socket where the registrar tells kubelet it
+            # is, kubelet's pods shared both ways, the node's mount seen.
+            plugins += 1
+            flags = dict(zip(command[2::2], command[3::2]))
+            sock = flags["--csi-endpoint"].split("unix://", 1)[1]
+            sock_volume = mounts[sock.rsplit("/", 1)[0]][0]
+            host_sock = sock_volume["hostPath"]["path"] + "/" + sock.rsplit("/", 1)[1]
+            assert host_sock == "/var/lib/kubelet/plugins/" + DRIVER + "/csi.sock", host_sock
+            registrar = [x for x in containers if "csi-node-driver-registrar" in x["image"]]
+            assert len(registrar) == 1, (name, "no registrar")
+            assert "--kubelet-registration-path=" + host_sock in registrar[0]["args"], registrar
+            pods = mounts["/var/lib/kubelet/pods"]
+            assert pods[0]["hostPath"]["path"] == "/var/lib/kubelet/pods", pods
+            assert pods[1].get("mountPropagation") == "Bidirectional", pods
+            node_mount = flags["--mountpoint"]
+            seen = [m for path, (_, m) in mounts.items() if node_mount.startswith(path.rstrip("/") + "/")]
+            assert seen and seen[0].get("mountPropagation") == "HostToContainer", seen
+            assert c["securityContext"]["privileged"], (name, c["name"])
+            for arg in command[2::2]:
+                print("csi-flag", arg)
+            continue
         if command[:2] != ["dfcache", "mount"]:
             continue
         assert c["securityContext"]["privileged"], (name, c["name"])
@@ -60,6 +96,25 @@ for name, kind in sorted(expected.items()):
             assert any(a.startswith(mountpoint + "/") for a in probe), ("probe", probe)
             stop = c["lifecycle"]["preStop"]["exec"]["command"]
             assert stop[0] in ("fusermount3", "umount") and stop[-1] == mountpoint, ("preStop", stop)
+        if c in spec.get("initContainers", []):
+            # A native sidecar: the app starts once the mount answers.
+            assert c.get("restartPolicy") == "Always", (name, c["name"])
+            probe = c["startupProbe"]["exec"]["command"]
+            assert any(a.startswith(mountpoint + "/") for a in probe), ("startupProbe", probe)
+    # A pod that reads through the driver needs nothing privileged: no
+    # hostPath (refused from the baseline Pod Security level up), non-root.
+    csi = [v["csi"] for v in spec["volumes"] if "csi" in v]
+    for v in csi:
+        attrs = v["volumeAttributes"]
+        assert v["driver"] == DRIVER and v["readOnly"] is True, v
+        assert ("tree" in attrs) != ("task" in attrs and "file" in attrs), attrs
+    if csi:
+        assert not [v for v in spec["volumes"] if "hostPath" in v], name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for c in containers:
+            sc = c.get("securityContext", {})
+            assert not sc.get("privileged") and sc.get("allowPrivilegeEscalation") is False, (name, c["name"])
+assert plugins == 1, plugins
 print("checked", len(expected), "manifests")
 "###;
 
@@ -108,13 +163,31 @@ fn the_kubernetes_manifests_parse_are_consistent_and_use_real_flags() {
         .output()
         .expect("run python3");
     let stdout = succeeded(&out, "the manifest check");
-    assert!(stdout.ends_with("checked 3 manifests"), "{stdout}");
+    assert!(stdout.ends_with("checked 5 manifests"), "{stdout}");
     let flags: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("mount-flag "))
         .collect();
     assert!(flags.contains(&"--allow-other"), "{flags:?}");
     assert_mount_flags_exist(&flags, "a manifest");
+    let csi_flags: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("csi-flag "))
+        .collect();
+    assert!(csi_flags.contains(&"--csi-endpoint"), "{csi_flags:?}");
+    let help = succeeded(
+        &Command::new(bin())
+            .args(["csi", "--help"])
+            .output()
+            .expect("run dfcache csi --help"),
+        "dfcache csi --help",
+    );
+    for flag in csi_flags {
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "a manifest uses {flag}, which `dfcache csi` does not have"
+        );
+    }
 }
 
 #[test]
