@@ -27,6 +27,13 @@ command -v losetup > /dev/null || need+=(mount)
 # builtin: `type -P` looks for the program only.
 type -P kill > /dev/null || need+=(procps)
 
+# The manifests are played by a real container runtime (tests/kube/):
+# podman with runc (crun refuses hybrid cgroups), and busybox for the
+# image's shell and probes.
+command -v podman > /dev/null || need+=(podman)
+command -v runc > /dev/null || need+=(runc)
+command -v busybox > /dev/null || need+=(busybox)
+
 # PyYAML, for the test that parses the Kubernetes manifests: Debian's
 # package (pip refuses to install into Debian's python3, PEP 668, and
 # python3-pip is not installed on a fresh machine).
