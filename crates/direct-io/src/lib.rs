@@ -14,7 +14,7 @@ mod blocks;
 mod cachestat;
 
 pub use aligned::AlignedBuf;
-pub use blocks::BlockPool;
+pub use blocks::{BlockPool, BlockRoom, StorageSlot};
 pub use cachestat::is_cached;
 
 use std::fs::{File, OpenOptions};
