@@ -31,8 +31,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    if matches!(cli.command, Command::Mount(_)) {
+    if matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
         limit_malloc_arenas();
+        return_large_frees();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -73,14 +74,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The mount moves multi-megabyte pieces between threads: with glibc's
-/// default of one arena per thread, freed pieces pile up in every arena
-/// (measured: peak RSS 148 MiB reading 4 GiB with a 64 MiB cache, 95 MiB
-/// with one arena, and no slower). Must run before any thread starts.
+/// The mount and the daemon move multi-megabyte pieces between threads:
+/// with glibc's default of one arena per thread, freed pieces pile up in
+/// every arena (measured: peak RSS 148 MiB reading 4 GiB through the mount
+/// with a 64 MiB cache, 95 MiB with one arena, and no slower). Must run
+/// before any thread starts.
 fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator parameter; no other thread
     // exists yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Has glibc serve allocations of 4 MiB or more (blocks) with mappings of
+/// their own, given back to the kernel when freed, so that the process's
+/// RSS follows what the memory budget bounds. By default glibc raises that
+/// threshold each time such a mapping is freed, up to 32 MiB: once a
+/// 16 MiB block had been freed, later blocks came from the heap, which
+/// keeps what is freed. Measured, 50 imports of 64 MiB at once under a
+/// 256 MiB budget, then 50 exports, the daemon's peak RSS: 378 and 571 MiB
+/// by default; 211 and 291 MiB with the threshold at 1 MiB, but then every
+/// 1 MiB chunk is a fresh mapping whose pages fault in (the daemon's CPU
+/// for a 2 GiB import +40%, for an export +70%); 239 and 331 MiB at 4 MiB
+/// with one arena, with the CPU of the default (medians of five 2 GiB
+/// transfers: import 2.74 against 2.78 s, export 1.03 against 0.90 s).
+fn return_large_frees() {
+    // SAFETY: as above.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }

@@ -86,3 +86,39 @@ fn a_metrics_address_without_a_port_is_refused_and_a_taken_one_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn a_memory_budget_below_16mib_or_a_zero_progress_timeout_is_refused_and_nothing_starts() {
+    let root = tempdir();
+    let run = |cmd: &[&str], extra: &[&str]| {
+        std::process::Command::new(common::bin())
+            .args(cmd)
+            .args(extra)
+            .output()
+            .expect("run dfcache")
+    };
+    let (socket, store) = (root.path().join("d.sock"), root.path().join("store"));
+    let serve = [
+        "serve",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--dir",
+        store.to_str().unwrap(),
+    ];
+    let err = failure(&run(&serve, &["--memory-budget", "8mib"]));
+    assert!(err.contains("below the minimum of 16mib"), "{err}");
+    let err = failure(&run(&serve, &["--memory-budget", "lots"]));
+    assert!(err.contains("is not a size"), "{err}");
+    let err = failure(&run(&serve, &["--progress-timeout", "0s"]));
+    assert!(err.contains("must be longer than 0"), "{err}");
+    let mnt = root.path().join("mnt");
+    let err = failure(&run(
+        &["mount", mnt.to_str().unwrap()],
+        &["--memory-budget", "1mib"],
+    ));
+    assert!(err.contains("below the minimum of 16mib"), "{err}");
+    assert!(
+        !socket.exists() && !store.exists() && !mnt.exists(),
+        "nothing was started"
+    );
+}

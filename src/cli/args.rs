@@ -9,6 +9,7 @@ use clap::Args;
 
 use dfcache_client::mapping::PathMapper;
 use dfcache_client::{Client, Deadlines, ImportOptions};
+use dfcache_daemon::memory::MIN_MEMORY_BUDGET;
 use dfcache_wire::domain::piece::MIN_PIECE_LENGTH;
 use dfcache_wire::domain::ttl::{check_ttl, MIN_TTL};
 
@@ -122,6 +123,28 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     flags::parse_duration(s)
+}
+
+/// `--memory-budget`: a size of at least 16mib (an import's share and a
+/// block).
+pub fn parse_memory_budget(s: &str) -> Result<u64, String> {
+    let n = flags::parse_size(s)?;
+    if n < MIN_MEMORY_BUDGET {
+        return Err(format!(
+            "memory budget {s} is below the minimum of {}mib",
+            MIN_MEMORY_BUDGET >> 20
+        ));
+    }
+    Ok(n)
+}
+
+/// `--progress-timeout`: a duration; zero would fail every transfer.
+pub fn parse_progress_timeout(s: &str) -> Result<Duration, String> {
+    let d = flags::parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("progress timeout {s} must be longer than 0"));
+    }
+    Ok(d)
 }
 
 /// Runs `fut` under `timeout`, turning expiry into an error.

@@ -25,6 +25,26 @@ pub async fn start_metrics(
     ))
 }
 
+/// Reads the daemon's memory budget (size, held, waiting) before a scrape.
+pub fn daemon_memory_refresh(budget: &dfcache_budget::MemoryBudget) -> dfcache_metrics::Refresh {
+    let budget = budget.clone();
+    std::sync::Arc::new(move || {
+        dfcache_metrics::daemon().memory_state(budget.capacity(), budget.held(), budget.waiting());
+    })
+}
+
+/// Reads the mount's import budget (size, held, waiting) before a scrape.
+pub fn import_memory_refresh(budget: &dfcache_budget::MemoryBudget) -> dfcache_metrics::Refresh {
+    let budget = budget.clone();
+    std::sync::Arc::new(move || {
+        dfcache_metrics::mount().import_memory_state(
+            budget.capacity(),
+            budget.held(),
+            budget.waiting(),
+        );
+    })
+}
+
 /// Reads the store's task count, bytes and free space before a scrape.
 pub fn store_refresh(store: &dfcache_daemon::store::Store) -> dfcache_metrics::Refresh {
     let store = store.clone();

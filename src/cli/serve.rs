@@ -6,11 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use dfcache_budget::MemoryBudget;
 use dfcache_daemon::server::{serve, Emulation, ServeOptions, DEFAULT_MAX_CONCURRENT_IMPORTS};
 use dfcache_daemon::store::Store;
 use dfcache_metrics::Exposed;
 
-use super::args::parse_timeout;
+use super::args::{parse_memory_budget, parse_progress_timeout, parse_timeout};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -46,6 +47,15 @@ pub struct ServeArgs {
         value_parser = parse_max_imports
     )]
     pub max_concurrent_imports: usize,
+    /// Memory for transfers (receive windows, queued chunks, blocks,
+    /// read-ahead, short-read replies); a transfer that would need more
+    /// waits its turn.
+    #[arg(long, value_name = "SIZE", env = "DFCACHE_MEMORY_BUDGET", value_parser = parse_memory_budget, default_value = "256mib")]
+    pub memory_budget: u64,
+    /// An import or export whose client moves no byte for this long fails
+    /// (DEADLINE_EXCEEDED) and gives back its memory.
+    #[arg(long, env = "DFCACHE_PROGRESS_TIMEOUT", value_parser = parse_progress_timeout, default_value = "5m")]
+    pub progress_timeout: Duration,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless set).
     #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::metrics_endpoint::parse_metrics_addr)]
     pub metrics_addr: Option<String>,
@@ -74,19 +84,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         (false, Some(_)) => Emulation::Api2_1_12,
         (false, None) => Emulation::Current,
     };
+    let memory_budget = MemoryBudget::new(args.memory_budget);
     let options = ServeOptions {
         socket_mode: args.socket_mode,
         gc_interval: args.gc_interval,
         emulate,
         legacy_piece_delay: args.legacy_piece_delay,
         max_concurrent_imports: args.max_concurrent_imports,
+        memory_budget: memory_budget.clone(),
+        progress_timeout: args.progress_timeout,
         ..ServeOptions::default()
     };
     let exposed = Exposed {
         mount: false,
         daemon: true,
     };
-    let refresh = vec![super::metrics_endpoint::store_refresh(&store)];
+    let refresh = vec![
+        super::metrics_endpoint::store_refresh(&store),
+        super::metrics_endpoint::daemon_memory_refresh(&memory_budget),
+    ];
     let _metrics =
         super::metrics_endpoint::start_metrics(args.metrics_addr.as_deref(), exposed, refresh)
             .await?;

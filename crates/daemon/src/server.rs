@@ -2,6 +2,7 @@
 //! socket. It shares nothing with the client but the generated types.
 
 mod download;
+pub(crate) mod feed;
 mod link;
 mod listener;
 mod output;
@@ -14,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dfcache_budget::MemoryBudget;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, Instrument};
 
 use crate::caller::{Acting, Caller};
+use crate::memory::{TransferMemory, DEFAULT_MEMORY_BUDGET, RECEIVE};
 use crate::store::{Deleter, Store, TaskMeta};
 use dfcache_wire::domain::ttl::{duration_to_proto, MIN_TTL};
 use dfcache_wire::pb::common::PersistentCacheTask;
@@ -26,9 +29,7 @@ use dfcache_wire::pb::dfdaemon::dfdaemon_download_server::{
     DfdaemonDownload, DfdaemonDownloadServer,
 };
 use dfcache_wire::pb::dfdaemon::*;
-use dfcache_wire::transport::{
-    GRPC_CONNECTION_WINDOW, GRPC_FRAME_SIZE, GRPC_MAX_MESSAGE, GRPC_STREAM_WINDOW,
-};
+use dfcache_wire::transport::{DAEMON_MAX_STREAMS, GRPC_MAX_MESSAGE};
 
 pub use listener::{bind_socket, SocketId, DEFAULT_SOCKET_MODE};
 use reply::{status_of, ResponseStream};
@@ -50,10 +51,21 @@ pub struct ServeOptions {
     pub min_ttl: Duration,
     /// Imports (streamed writes and uploads) stored at once; more wait
     /// for a slot, their streams held back by HTTP/2 flow control. Each
-    /// import costs two threads and up to 32 MiB of blocks, so an
-    /// unbounded number of clients would be unbounded memory.
+    /// import costs two threads.
     pub max_concurrent_imports: usize,
+    /// What every transfer's memory is taken from (`--memory-budget`; see
+    /// `memory.rs`). A mount with an embedded daemon passes its own.
+    pub memory_budget: MemoryBudget,
+    /// A transfer whose client moves nothing for this long fails with
+    /// DEADLINE_EXCEEDED and gives back what it held of the budget
+    /// (`--progress-timeout`).
+    pub progress_timeout: Duration,
 }
+
+/// Default for [`ServeOptions::progress_timeout`]: the CLI's own
+/// no-progress deadline (`dfcache import` and `export` give up on a daemon
+/// after 5 minutes without progress).
+pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Default for [`ServeOptions::max_concurrent_imports`]: far more than the
 /// disk needs to be busy, few enough that the blocks stay under 512 MiB.
@@ -68,6 +80,8 @@ impl Default for ServeOptions {
             legacy_piece_delay: None,
             min_ttl: MIN_TTL,
             max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
+            memory_budget: MemoryBudget::new(DEFAULT_MEMORY_BUDGET),
+            progress_timeout: DEFAULT_PROGRESS_TIMEOUT,
         }
     }
 }
@@ -96,17 +110,24 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (listener, socket_id) = bind_socket(socket, options.socket_mode)?;
     let gc = store.spawn_gc(options.gc_interval);
-    info!(socket = %socket.display(), "embedded daemon listening");
+    info!(
+        socket = %socket.display(),
+        memory_budget = options.memory_budget.capacity(),
+        "embedded daemon listening"
+    );
+    let memory = TransferMemory::new(options.memory_budget.clone());
+    let service = service(store.clone(), &options, memory.clone());
     // Short reads have a channel of their own on the same socket, unless
     // this daemon stands in for one that had none.
     let short_reads = options.emulate == Emulation::Current;
-    let incoming = crate::short_reads::Incoming::new(listener, store.clone(), short_reads);
+    let incoming = crate::short_reads::Incoming::new(listener, store, memory, short_reads);
     let result = tonic::transport::Server::builder()
-        .max_frame_size(GRPC_FRAME_SIZE)
-        .initial_stream_window_size(GRPC_STREAM_WINDOW)
-        .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+        .max_frame_size(RECEIVE.frame)
+        .initial_stream_window_size(RECEIVE.stream)
+        .initial_connection_window_size(RECEIVE.connection)
+        .max_concurrent_streams(DAEMON_MAX_STREAMS)
         .layer(dfcache_metrics::rpc_layer::RpcMetricsLayer)
-        .add_service(service(store, &options))
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     gc.abort();
@@ -114,14 +135,21 @@ pub async fn serve(
     result.map_err(ServeError::Transport)
 }
 
-/// The tonic service, with message limits raised for 1 MiB chunks.
-pub fn service(store: Store, options: &ServeOptions) -> DfdaemonDownloadServer<Daemon> {
+/// The tonic service, with message limits raised for 1 MiB chunks; its
+/// transfers take their memory from `memory`.
+pub fn service(
+    store: Store,
+    options: &ServeOptions,
+    memory: TransferMemory,
+) -> DfdaemonDownloadServer<Daemon> {
     DfdaemonDownloadServer::new(Daemon {
         store,
         emulate: options.emulate,
         legacy_piece_delay: options.legacy_piece_delay,
         min_ttl: options.min_ttl,
         imports: Arc::new(Semaphore::new(options.max_concurrent_imports.max(1))),
+        memory,
+        progress_timeout: options.progress_timeout,
     })
     .max_decoding_message_size(GRPC_MAX_MESSAGE)
     .max_encoding_message_size(GRPC_MAX_MESSAGE)
@@ -149,6 +177,8 @@ pub struct Daemon {
     min_ttl: Duration,
     /// One permit per import being stored.
     imports: Arc<Semaphore>,
+    memory: TransferMemory,
+    progress_timeout: Duration,
 }
 
 /// A client's piece length: 0 means "pick the default", as unset does
@@ -274,13 +304,18 @@ impl DfdaemonDownload for Daemon {
         let caller = caller_of(&request)?;
         let span = info_span!("write", task_id = tracing::field::Empty, uid = caller.uid, pid = ?caller.pid);
         let extensions = self.emulate == Emulation::Current;
+        let admission = write::Admission {
+            imports: &self.imports,
+            memory: &self.memory,
+            within: self.progress_timeout,
+        };
         write::handle(
             &self.store,
             request.into_inner(),
             extensions,
             self.min_ttl,
-            &self.imports,
             caller.uid,
+            admission,
         )
         .instrument(span)
         .await
@@ -295,9 +330,15 @@ impl DfdaemonDownload for Daemon {
     ) -> Result<Response<Self::ReadPersistentCacheTaskStream>, Status> {
         self.refuse_streaming("ReadPersistentCacheTask")?;
         let extensions = self.emulate == Emulation::Current;
-        read::handle(&self.store, request.into_inner(), extensions)
-            .await
-            .map(Response::new)
+        read::handle(
+            &self.store,
+            request.into_inner(),
+            extensions,
+            &self.memory,
+            self.progress_timeout,
+        )
+        .await
+        .map(Response::new)
     }
 
     type DownloadPersistentCacheTaskStream = ResponseStream<DownloadPersistentCacheTaskResponse>;
@@ -326,10 +367,18 @@ impl DfdaemonDownload for Daemon {
         } else {
             download::Links::WhenForced
         };
-        download::handle(&self.store, request.into_inner(), order, links, acting)
-            .await
-            .map(Response::new)
-            .map_err(|s| self.as_released(s))
+        download::handle(
+            &self.store,
+            request.into_inner(),
+            order,
+            links,
+            acting,
+            &self.memory,
+            self.progress_timeout,
+        )
+        .await
+        .map(Response::new)
+        .map_err(|s| self.as_released(s))
     }
 
     async fn upload_persistent_cache_task(
@@ -348,6 +397,7 @@ impl DfdaemonDownload for Daemon {
             link,
             self.min_ttl,
             &self.imports,
+            &self.memory,
         )
         .await
         .map(|meta| Response::new(task_proto(&meta)))

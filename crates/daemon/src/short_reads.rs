@@ -17,9 +17,11 @@ use tonic::{Code, Status};
 use tracing::{debug, debug_span, warn, Instrument};
 
 use crate::caller::PeerStream;
+use crate::memory::TransferMemory;
 use crate::server::read::{range_end, read_exact};
 use crate::server::reply::status_of;
 use crate::store::Store;
+use dfcache_budget::Lease;
 use dfcache_metrics::labels::grpc_code_name;
 use dfcache_wire::short_reads::{
     reply_header, Request, HELLO, MAX_ID_LEN, MAX_LEN, MAX_MESSAGE, RANGE_BYTES,
@@ -46,11 +48,17 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn new(listener: UnixListener, store: Store, short_reads: bool) -> Self {
+    /// Replies are leased from `memory`'s budget until they are written.
+    pub fn new(
+        listener: UnixListener,
+        store: Store,
+        memory: TransferMemory,
+        short_reads: bool,
+    ) -> Self {
         let (tx, grpc) = mpsc::channel(16);
         Incoming {
             grpc,
-            accept: tokio::spawn(accept(listener, store, tx, short_reads)),
+            accept: tokio::spawn(accept(listener, store, memory, tx, short_reads)),
         }
     }
 }
@@ -72,6 +80,7 @@ impl Drop for Incoming {
 async fn accept(
     listener: UnixListener,
     store: Store,
+    memory: TransferMemory,
     grpc: mpsc::Sender<std::io::Result<PeerStream>>,
     short_reads: bool,
 ) {
@@ -81,7 +90,7 @@ async fn accept(
         tokio::select! {
             accepted = listener.accept() => match accepted.and_then(|(s, _)| PeerStream::accepted(s)) {
                 Ok(stream) if short_reads => {
-                    connections.spawn(sort(stream, store.clone(), grpc.clone()));
+                    connections.spawn(sort(stream, store.clone(), memory.clone(), grpc.clone()));
                 }
                 Ok(stream) => {
                     let _ = grpc.send(Ok(stream)).await;
@@ -98,14 +107,19 @@ async fn accept(
 }
 
 /// Hands `stream` to gRPC, or serves it here if it starts with the hello.
-async fn sort(stream: PeerStream, store: Store, grpc: mpsc::Sender<std::io::Result<PeerStream>>) {
+async fn sort(
+    stream: PeerStream,
+    store: Store,
+    memory: TransferMemory,
+    grpc: mpsc::Sender<std::io::Result<PeerStream>>,
+) {
     let first = tokio::time::timeout(SORT_WITHIN, first_byte(stream.stream())).await;
     match first {
         Ok(Ok(Some(byte))) if byte == HELLO[0] => {
             let (stream, caller) = stream.into_parts();
             let span =
                 debug_span!("short_reads", uid = caller.uid, gid = caller.gid, pid = ?caller.pid);
-            serve(stream, store).instrument(span).await
+            serve(stream, store, memory).instrument(span).await
         }
         Ok(Ok(None)) | Ok(Err(_)) => {} // closed before a word
         Ok(Ok(Some(_))) | Err(_) => {
@@ -142,7 +156,7 @@ async fn first_byte(stream: &UnixStream) -> std::io::Result<Option<u8>> {
 /// The short-read loop of one connection: the hello, then requests until
 /// the client closes or sends something malformed. Any caller may read any
 /// task, as over gRPC; who it is is in the connection's span.
-async fn serve(mut stream: UnixStream, store: Store) {
+async fn serve(mut stream: UnixStream, store: Store, memory: TransferMemory) {
     let mut hello = [0u8; HELLO.len()];
     let said_hello = tokio::time::timeout(EXCHANGE_WITHIN, stream.read_exact(&mut hello)).await;
     if !matches!(said_hello, Ok(Ok(_))) || hello != HELLO {
@@ -157,13 +171,27 @@ async fn serve(mut stream: UnixStream, store: Store) {
         if stream.read_exact(&mut id_len).await.is_err() {
             return; // the client closed
         }
+        let request = tokio::time::timeout(
+            EXCHANGE_WITHIN,
+            read_request(&mut stream, id_len[0] as usize),
+        );
+        let Ok(Some(request)) = request.await else {
+            debug!("short-read connection closed: malformed, stalled or gone");
+            return;
+        };
+        // The reply and its encoded copy, taken in one go once the budget
+        // has room; the wait has no deadline of its own (the client has
+        // one, and closes the connection when it gives up).
+        let room = memory.budget().acquire(2 * u64::from(request.length)).await;
         let exchange = tokio::time::timeout(EXCHANGE_WITHIN, async {
-            let request = read_request(&mut stream, id_len[0] as usize).await?;
             let started = std::time::Instant::now();
-            let reply = answer(&store, &request).await;
+            let reply = answer(&store, room, &request).await;
             let code = reply.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
             dfcache_metrics::daemon().rpc(METRICS_METHOD, grpc_code_name(code), started.elapsed());
-            stream.write_all(&encode_reply(reply)).await.ok()
+            // The reply (and the room) lives until its encoded copy is sent.
+            let sent = stream.write_all(&encode_reply(&reply)).await.ok();
+            drop(reply);
+            sent
         });
         if !matches!(exchange.await, Ok(Some(()))) {
             debug!("short-read connection closed: malformed, stalled or gone");
@@ -192,18 +220,18 @@ async fn read_request(stream: &mut UnixStream, id_len: usize) -> Option<Request>
 
 /// The bytes asked for, clamped to the task's end, or why not: the same
 /// answers as a gRPC read of the range.
-async fn answer(store: &Store, request: &Request) -> Result<Bytes, Status> {
+async fn answer(store: &Store, room: Lease, request: &Request) -> Result<Bytes, Status> {
     let (meta, file, _lease) = store.open_content(&request.task_id).map_err(status_of)?;
     let end = range_end(
         meta.content_length,
         request.offset,
         Some(u64::from(request.length)),
     )?;
-    read_exact(file, request.offset, end).await
+    read_exact(file, request.offset, end, room).await
 }
 
-fn encode_reply(reply: Result<Bytes, Status>) -> Vec<u8> {
-    let (status, payload) = match &reply {
+fn encode_reply(reply: &Result<Bytes, Status>) -> Vec<u8> {
+    let (status, payload) = match reply {
         Ok(content) => (0, &content[..]),
         Err(status) => {
             let message = status.message().as_bytes();

@@ -30,6 +30,9 @@ pub struct DaemonMetrics {
     stored_bytes: Gauge,
     free_bytes: Gauge,
     imports_in_flight: Gauge,
+    memory_budget: Gauge,
+    memory_held: Gauge,
+    memory_waiting: Gauge,
     rpcs: Family<MethodCode, Counter>,
     rpc_latency: Family<Method, Histogram, fn() -> Histogram>,
     gc_runs: Counter,
@@ -59,6 +62,9 @@ impl DaemonMetrics {
             stored_bytes: Gauge::default(),
             free_bytes: Gauge::default(),
             imports_in_flight: Gauge::default(),
+            memory_budget: Gauge::default(),
+            memory_held: Gauge::default(),
+            memory_waiting: Gauge::default(),
             rpcs: Family::default(),
             rpc_latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             gc_runs: Counter::default(),
@@ -88,6 +94,23 @@ impl DaemonMetrics {
             "dfcache_daemon_imports_in_flight",
             "Imports being stored now (each holds one of --max-concurrent-imports)",
             self.imports_in_flight.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_daemon_memory_budget",
+            "The daemon's memory budget for transfers (--memory-budget)",
+            Unit::Bytes,
+            self.memory_budget.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_daemon_memory_held",
+            "Bytes of the memory budget that transfers hold now (blocks, queued chunks, receive windows, blocks kept for reuse)",
+            Unit::Bytes,
+            self.memory_held.clone(),
+        );
+        r.register(
+            "dfcache_daemon_memory_waiting",
+            "Transfers waiting for room in the memory budget now",
+            self.memory_waiting.clone(),
         );
         r.register(
             "dfcache_daemon_rpcs",
@@ -120,6 +143,17 @@ impl DaemonMetrics {
         if let Some(free) = free {
             self.free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
         }
+    }
+
+    /// The memory budget's size, what is held of it and how many wait, as
+    /// of now.
+    pub fn memory_state(&self, budget: u64, held: u64, waiting: usize) {
+        self.memory_budget
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
+        self.memory_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.memory_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Counts an import being stored until the guard drops.

@@ -59,6 +59,9 @@ pub struct MountMetrics {
     imports_failed: Counter,
     import_bytes: Counter,
     import_duration: Histogram,
+    import_memory_budget: Gauge,
+    import_memory_held: Gauge,
+    import_memory_waiting: Gauge,
     daemon_calls: Family<RpcCode, Counter>,
     daemon_latency: Histograms<Rpc>,
     task_downloads: Counter,
@@ -106,6 +109,9 @@ impl MountMetrics {
             imports_failed: Counter::default(),
             import_bytes: Counter::default(),
             import_duration: latency_histogram(),
+            import_memory_budget: Gauge::default(),
+            import_memory_held: Gauge::default(),
+            import_memory_waiting: Gauge::default(),
             daemon_calls: Family::default(),
             daemon_latency: Family::new_with_constructor(latency_histogram),
             task_downloads: Counter::default(),
@@ -190,6 +196,23 @@ impl MountMetrics {
             Unit::Seconds,
             self.import_duration.clone(),
         );
+        r.register_with_unit(
+            "dfcache_import_memory_budget",
+            "The mount's memory budget for streamed imports (--memory-budget, a quarter of it with --embedded)",
+            Unit::Bytes,
+            self.import_memory_budget.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_import_memory_held",
+            "Bytes of that budget held now by streamed imports (a share each)",
+            Unit::Bytes,
+            self.import_memory_held.clone(),
+        );
+        r.register(
+            "dfcache_import_memory_waiting",
+            "Imports waiting for their share of that budget now",
+            self.import_memory_waiting.clone(),
+        );
         r.register(
             "dfcache_daemon_calls",
             "Calls the mount made to the daemon, by RPC and gRPC code",
@@ -244,6 +267,17 @@ impl MountMetrics {
     pub fn cache_holds(&self, bytes: u64) {
         self.cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The import budget's size, what is held of it and how many wait, as
+    /// of now.
+    pub fn import_memory_state(&self, budget: u64, held: u64, waiting: usize) {
+        self.import_memory_budget
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
+        self.import_memory_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.import_memory_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Counts a range read from the daemon until the guard drops.

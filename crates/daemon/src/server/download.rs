@@ -5,13 +5,16 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{info, info_span, warn, Instrument};
 
+use dfcache_budget::MemoryBudget;
+
+use super::feed::{feed, Feed, Stopped};
 use crate::caller::Acting;
+use crate::memory::TransferMemory;
 use crate::store::{read_at, Store, TaskMeta};
 use dfcache_wire::digest::{piece_digest, Digest, Hasher};
 use dfcache_wire::pb::common::{Piece, TrafficType};
@@ -21,12 +24,14 @@ use dfcache_wire::pb::dfdaemon::*;
 use super::output::Output;
 use super::reply::{status_of, ResponseStream};
 
-/// Pieces read ahead of the client: one being sent, one being read.
+/// Pieces read ahead of the client: one being sent, one being read (each
+/// leased from the memory budget before it is read: from what is free, or
+/// else from the download's own reserve of one piece).
 const PIECES_AHEAD: usize = 2;
 /// Pieces are read in slices of this size when verifying a digest.
 const VERIFY_READ: usize = 4 << 20;
 
-type Tx = mpsc::Sender<Result<DownloadPersistentCacheTaskResponse, Status>>;
+type Tx = Feed<DownloadPersistentCacheTaskResponse>;
 
 /// The order pieces are sent in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +76,16 @@ pub enum Links {
     WhenForced,
 }
 
-/// An output path is written with `acting`'s rights (see [`Output`]).
+/// An output path is written with `acting`'s rights (see [`Output`]). A
+/// client that takes nothing for `within` ends the download.
 pub async fn handle(
     store: &Store,
     req: DownloadPersistentCacheTaskRequest,
     order: PieceOrder,
     links: Links,
     acting: Acting,
+    memory: &TransferMemory,
+    within: Duration,
 ) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
     let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     let digest = req
@@ -106,10 +114,11 @@ pub async fn handle(
             ))
         }
     };
-    let (tx, rx) = mpsc::channel(PIECES_AHEAD);
+    let (tx, rx) = feed(PIECES_AHEAD, within);
     let span =
         info_span!("download", task_id = %meta.id, output = ?req.output_path, uid = acting.uid());
     let need_content = req.need_piece_content;
+    let memory = memory.clone();
     tokio::spawn(
         async move {
             // Held until this task ends: GC leaves the task alone meanwhile.
@@ -120,8 +129,8 @@ pub async fn handle(
                 file,
                 digest,
                 output.as_ref(),
-                need_content,
-                order,
+                (need_content, order),
+                &memory,
             )
             .await;
             match (result, output) {
@@ -142,7 +151,7 @@ pub async fn handle(
         }
         .instrument(span),
     );
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(Box::pin(rx))
 }
 
 async fn run(
@@ -151,8 +160,8 @@ async fn run(
     file: Arc<File>,
     digest: Option<Digest>,
     output: Option<&Destination>,
-    need_content: bool,
-    order: PieceOrder,
+    (need_content, order): (bool, PieceOrder),
+    memory: &TransferMemory,
 ) -> Result<(), Status> {
     let copy_to = match output {
         Some(Destination::Copy(output)) => Some(output),
@@ -162,7 +171,7 @@ async fn run(
     // (dfdaemon reports them from its metadata, without their digests).
     let read_pieces = need_content || copy_to.is_some();
     if let Some(expected) = digest {
-        verify(&file, meta.content_length, &expected).await?;
+        verify(&file, meta.content_length, &expected, memory).await?;
     }
     let response = |msg| DownloadPersistentCacheTaskResponse {
         host_id: String::new(),
@@ -173,14 +182,36 @@ async fn run(
     let started = DownloadPersistentCacheTaskStartedResponse {
         content_length: meta.content_length,
     };
-    if tx
+    // What the download holds to its end, taken in one go (a transfer that
+    // held a part while waiting for another could wait on others doing
+    // the same): room for one piece, which its pieces fall back on when
+    // the budget has no room free, and a piece's encoded copy when pieces
+    // are sent.
+    let reserve = if read_pieces {
+        let copies = if need_content { 2 } else { 1 };
+        let wanted = copies * meta.piece_length.min(meta.content_length);
+        let mut held = match tx.guard(memory.budget().acquire(wanted)).await {
+            Ok(held) => held,
+            Err(Stopped::Gone) => return Ok(()),
+            Err(Stopped::Stalled) => return Err(super::feed::stalled(tx.within())),
+        };
+        if need_content {
+            let encoded = held.split(held.bytes() / 2).unwrap_or_default();
+            tx.hold(encoded);
+        }
+        Some(MemoryBudget::within(held))
+    } else {
+        None
+    };
+    match tx
         .send(Ok(response(
             Msg::DownloadPersistentCacheTaskStartedResponse(started),
         )))
         .await
-        .is_err()
     {
-        return Ok(());
+        Ok(()) => {}
+        Err(Stopped::Gone) => return Ok(()),
+        Err(Stopped::Stalled) => return Err(super::feed::stalled(tx.within())),
     }
     for number in order.sequence(meta.piece_count()) {
         if let PieceOrder::Paced(delay) = order {
@@ -189,13 +220,26 @@ async fn run(
         let offset = u64::from(number) * meta.piece_length;
         let length = meta.piece_length.min(meta.content_length - offset);
         let content = if read_pieces {
+            let lease = match memory.budget().try_acquire(length) {
+                Some(lease) => lease,
+                None => {
+                    let own = reserve.as_ref().unwrap_or(memory.budget());
+                    match tx.guard(own.acquire(length)).await {
+                        Ok(lease) => lease,
+                        Err(Stopped::Gone) => {
+                            return Err(Status::cancelled("the client went away"))
+                        }
+                        Err(Stopped::Stalled) => return Err(super::feed::stalled(tx.within())),
+                    }
+                }
+            };
             let content = read_at(file.clone(), offset, length as usize)
                 .await
                 .map_err(|e| Status::internal(format!("read piece {number}: {e}")))?;
             if content.len() as u64 != length {
                 return Err(Status::data_loss(format!("piece {number} is short")));
             }
-            Some(content)
+            Some(lease.attach(content))
         } else {
             None
         };
@@ -217,22 +261,30 @@ async fn run(
             created_at: Some(std::time::SystemTime::now().into()),
         };
         let finished = DownloadPieceFinishedResponse { piece: Some(piece) };
-        if tx
+        match tx
             .send(Ok(response(Msg::DownloadPieceFinishedResponse(finished))))
             .await
-            .is_err()
         {
-            return Err(Status::cancelled("the client went away"));
+            Ok(()) => {}
+            Err(Stopped::Gone) => return Err(Status::cancelled("the client went away")),
+            Err(Stopped::Stalled) => return Err(super::feed::stalled(tx.within())),
         }
     }
     Ok(())
 }
 
-async fn verify(file: &Arc<File>, len: u64, expected: &Digest) -> Result<(), Status> {
+async fn verify(
+    file: &Arc<File>,
+    len: u64,
+    expected: &Digest,
+    memory: &TransferMemory,
+) -> Result<(), Status> {
     let mut hasher = Hasher::new(expected.algorithm);
     let mut pos = 0;
     while pos < len {
-        let chunk = read_at(file.clone(), pos, VERIFY_READ.min((len - pos) as usize))
+        let n = VERIFY_READ.min((len - pos) as usize);
+        let _lease = memory.budget().acquire(n as u64).await;
+        let chunk = read_at(file.clone(), pos, n)
             .await
             .map_err(|e| Status::internal(format!("read for digest: {e}")))?;
         hasher.update(&chunk);

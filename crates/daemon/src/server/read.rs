@@ -1,11 +1,15 @@
 //! `ReadPersistentCacheTask`: a byte range of a task, as a started message,
 //! chunks that say their offset, and a finished message.
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
-use tracing::{debug, info_span, Instrument};
+use std::time::Duration;
 
+use tonic::Status;
+use tracing::{debug, info_span, warn, Instrument};
+
+use dfcache_budget::Lease;
+
+use super::feed::{feed, Feed, Stopped};
+use crate::memory::{TransferMemory, SEND_SHARE};
 use crate::store::{read_short, RangeReader, Store};
 use dfcache_wire::domain::CHUNK_SIZE;
 use dfcache_wire::pb::dfdaemon::read_persistent_cache_task_response::Response as Msg;
@@ -21,11 +25,15 @@ const CHUNKS_AHEAD: usize = RangeReader::MAX_BLOCK / CHUNK_SIZE + 4;
 pub(crate) const SHORT_RANGE: u64 = dfcache_wire::short_reads::MAX_LEN as u64;
 
 /// `extensions: false` behaves as a 2.1.12 daemon: the range is ignored,
-/// there is no started message and chunks carry no offset.
+/// there is no started message and chunks carry no offset. What is read
+/// is leased from `memory`'s budget; a client that takes nothing for
+/// `within` ends the read.
 pub async fn handle(
     store: &Store,
     mut req: ReadPersistentCacheTaskRequest,
     extensions: bool,
+    memory: &TransferMemory,
+    within: Duration,
 ) -> Result<ResponseStream<ReadPersistentCacheTaskResponse>, Status> {
     let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     if !extensions {
@@ -40,10 +48,11 @@ pub async fn handle(
         piece_count: meta.piece_count(),
     };
     if extensions && end - offset <= SHORT_RANGE {
-        return Ok(short_range(file, started, offset, end).await);
+        return Ok(short_range(file, started, offset, end, memory).await);
     }
-    let mut reader = store.range_reader(&meta.id, file, offset, end);
-    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
+    let mut reader = store.range_reader(&meta.id, file, offset, end, memory);
+    let (tx, rx) = feed(CHUNKS_AHEAD, within);
+    let memory = memory.clone();
     let span = info_span!("read", task_id = %meta.id, offset, end);
     tokio::spawn(
         async move {
@@ -53,12 +62,32 @@ pub async fn handle(
             if extensions && !send(&tx, started).await {
                 return;
             }
+            // What the read holds to its end, taken in one go (a transfer
+            // that held a part while waiting for another could wait on
+            // others doing the same): its send share, and the reserve its
+            // blocks fall back on when the budget has no room free.
+            let wanted = SEND_SHARE + reader.reserve_bytes();
+            let mut held = match tx.guard(memory.budget().acquire(wanted)).await {
+                Ok(held) => held,
+                Err(stopped) => return ended(stopped),
+            };
+            if let Some(send_share) = held.split(SEND_SHARE) {
+                tx.hold(send_share);
+            }
+            reader.reserve(held);
             loop {
-                let (pos, block) = match reader.next().await {
-                    Ok(Some(next)) => next,
-                    Ok(None) => break,
-                    Err(e) => {
+                // Waits for room for the block (its reserve, once its
+                // client has taken the last one), unless the client
+                // stalls meanwhile.
+                let (pos, block) = match tx.guard(reader.next()).await {
+                    Ok(Ok(Some(next))) => next,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
                         let _ = tx.send(Err(read_failed(e))).await;
+                        return;
+                    }
+                    Err(stopped) => {
+                        ended(stopped);
                         return;
                     }
                 };
@@ -71,7 +100,6 @@ pub async fn handle(
                         offset: extensions.then_some(pos + at as u64),
                     });
                     if !send(&tx, chunk).await {
-                        debug!("reader went away");
                         return;
                     }
                     at += len;
@@ -87,7 +115,7 @@ pub async fn handle(
         }
         .instrument(span),
     );
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(Box::pin(rx))
 }
 
 /// A short range (a random read through the mount), read before the
@@ -100,8 +128,12 @@ async fn short_range(
     started: ReadPersistentCacheTaskStartedResponse,
     offset: u64,
     end: u64,
+    memory: &TransferMemory,
 ) -> ResponseStream<ReadPersistentCacheTaskResponse> {
-    let replies: Vec<_> = match read_exact(file, offset, end).await {
+    // The reply and its encoded copy, taken in one go.
+    let mut room = memory.budget().acquire(2 * (end - offset)).await;
+    let encoded = room.split(end - offset).unwrap_or_default();
+    let replies: Vec<_> = match read_exact(file, offset, end, room).await {
         Ok(content) => [
             Msg::ReadPersistentCacheTaskStartedResponse(started),
             Msg::ReadChunkResponse(ReadChunkResponse {
@@ -121,7 +153,14 @@ async fn short_range(
         .collect(),
         Err(status) => vec![Err(status)],
     };
-    Box::pin(tokio_stream::iter(replies))
+    Box::pin(tokio_stream::StreamExt::map(
+        tokio_stream::iter(replies),
+        move |reply| {
+            // Held as long as the stream (`encoded` lives in this closure).
+            let _ = &encoded;
+            reply
+        },
+    ))
 }
 
 /// Where a read of `length` bytes (None: to the end) from `offset` ends,
@@ -142,16 +181,18 @@ pub(crate) fn range_end(
     })
 }
 
-/// Bytes `offset..end` of a task's content file, read in one go; content
+/// Bytes `offset..end` of a task's content file, read in one go into
+/// room `lease` paid for (held until the bytes are dropped); content
 /// shorter than its metadata says is DATA_LOSS.
 pub(crate) async fn read_exact(
     file: std::sync::Arc<std::fs::File>,
     offset: u64,
     end: u64,
+    lease: Lease,
 ) -> Result<bytes::Bytes, Status> {
     let len = (end - offset) as usize;
     match read_short(file, offset, len).await {
-        Ok(content) if content.len() == len => Ok(content),
+        Ok(content) if content.len() == len => Ok(lease.attach(content)),
         Ok(_) => Err(read_failed(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "task content is shorter than recorded",
@@ -170,13 +211,28 @@ fn read_failed(e: std::io::Error) -> Status {
     }
 }
 
-async fn send(
-    tx: &mpsc::Sender<Result<ReadPersistentCacheTaskResponse, Status>>,
-    msg: Msg,
-) -> bool {
-    tx.send(Ok(ReadPersistentCacheTaskResponse {
-        response: Some(msg),
-    }))
-    .await
-    .is_ok()
+/// Sends `msg`; false when the read is over (its client went away, or
+/// took nothing for the no-progress deadline).
+async fn send(tx: &Feed<ReadPersistentCacheTaskResponse>, msg: Msg) -> bool {
+    let sent = tx
+        .send(Ok(ReadPersistentCacheTaskResponse {
+            response: Some(msg),
+        }))
+        .await;
+    match sent {
+        Ok(()) => true,
+        Err(stopped) => {
+            ended(stopped);
+            false
+        }
+    }
+}
+
+fn ended(stopped: Stopped) {
+    match stopped {
+        Stopped::Gone => debug!("reader went away"),
+        Stopped::Stalled => {
+            warn!("the reader took nothing for the no-progress deadline; read ended")
+        }
+    }
 }

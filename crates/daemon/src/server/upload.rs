@@ -15,6 +15,7 @@ use tonic::Status;
 use tracing::{info_span, Instrument};
 
 use crate::caller::{self, Acting, Caller};
+use crate::memory::TransferMemory;
 use crate::store::{Store, TaskMeta, WriteParams};
 use dfcache_wire::domain::ttl::ttl_from_proto;
 use dfcache_wire::pb::dfdaemon::UploadPersistentCacheTaskRequest;
@@ -28,6 +29,7 @@ pub async fn handle(
     link: bool,
     min_ttl: std::time::Duration,
     imports: &Semaphore,
+    memory: &TransferMemory,
 ) -> Result<TaskMeta, Status> {
     let path = super::client_path(&req.path, "upload")?;
     let span = info_span!("upload", path = %path.display(), uid = caller.uid, pid = ?caller.pid);
@@ -50,11 +52,14 @@ pub async fn handle(
     let acting = Acting::for_caller(caller);
     async {
         if link && acting.is_daemon() {
-            return store.link_path(&path, params).await.map_err(status_of);
+            return store
+                .link_path(&path, params, memory)
+                .await
+                .map_err(status_of);
         }
         let source = open_source(&acting, &path).await?;
         store
-            .import_file(source, &path, params)
+            .import_file(source, &path, params, memory)
             .await
             .map_err(status_of)
     }

@@ -1,9 +1,12 @@
 //! `WritePersistentCacheTask`: started, chunks, finished, in that order.
 //! Anything else is INVALID_ARGUMENT and leaves no task.
 
+use std::time::Duration;
+
 use tonic::{Status, Streaming};
 use tracing::{info, warn};
 
+use crate::memory::TransferMemory;
 use crate::store::{Store, StoreResult, TaskWriter, WriteParams};
 use dfcache_wire::domain::ttl::ttl_from_proto;
 use dfcache_wire::pb::dfdaemon::write_persistent_cache_task_request::Response as Msg;
@@ -17,18 +20,32 @@ use super::reply::status_of;
 /// Largest chunk accepted; clients send 1 MiB.
 pub const MAX_CHUNK: usize = 16 << 20;
 
+/// How an import is admitted and kept moving.
+pub struct Admission<'a> {
+    /// One slot per import being stored (`--max-concurrent-imports`).
+    pub imports: &'a tokio::sync::Semaphore,
+    /// The memory budget an import takes its share of.
+    pub memory: &'a TransferMemory,
+    /// A stream that sends nothing for this long fails (DEADLINE_EXCEEDED).
+    pub within: Duration,
+}
+
 /// `extensions: false` behaves as a 2.1.12 daemon: it ignores the
 /// extension fields of the started message and answers only the task id.
-/// `importer` is the caller's uid, recorded with the task.
+/// `importer` is the caller's uid, recorded with the task. An import
+/// waits for a slot, then for its share of the memory budget, without
+/// reading its stream: HTTP/2 flow control holds the client back
+/// meanwhile (and the client's own no-progress deadline runs).
 pub async fn handle(
     store: &Store,
     mut stream: Streaming<WritePersistentCacheTaskRequest>,
     extensions: bool,
-    min_ttl: std::time::Duration,
-    imports: &tokio::sync::Semaphore,
+    min_ttl: Duration,
     importer: u32,
+    admission: Admission<'_>,
 ) -> Result<WritePersistentCacheTaskResponse, Status> {
-    let started = match next(&mut stream).await? {
+    let within = admission.within;
+    let started = match next(&mut stream, within).await? {
         Some(Msg::WritePersistentCacheTaskStartedRequest(started)) => started,
         Some(_) => {
             return Err(Status::invalid_argument(
@@ -48,17 +65,25 @@ pub async fn handle(
         params.content_for_calculating_task_id = None;
     }
     // Checked before waiting, so a bad request is refused at once. The
-    // permit is held until the handler returns (stored, or refused and
-    // the temporary file removed by the writer's drop).
+    // permit and the share are held until the handler returns (stored, or
+    // refused and the temporary file removed by the writer's drop).
     params.validate().map_err(status_of)?;
-    let _permit = imports
+    let _permit = admission
+        .imports
         .acquire()
         .await
         .map_err(|_| Status::unavailable("the daemon is shutting down"))?;
+    let memory = admission.memory;
+    let share = memory
+        .budget()
+        .acquire(memory.import_share(params.expected_length, true))
+        .await;
     let _in_flight = dfcache_metrics::daemon().import_in_flight();
-    let mut writer = store.begin_write(params).map_err(status_of)?;
+    let mut writer = store
+        .begin_write(params, memory, share)
+        .map_err(status_of)?;
     loop {
-        match next(&mut stream).await {
+        match next(&mut stream, within).await {
             Ok(Some(Msg::WriteChunkRequest(chunk))) => {
                 if chunk.content.len() > MAX_CHUNK {
                     return Err(abort(format!(
@@ -106,11 +131,20 @@ async fn finish(writer: TaskWriter) -> Result<WritePersistentCacheTaskResponse, 
 }
 
 /// The next message's arm; a message without one, or a stream that broke
-/// (oversize message, client gone), is INVALID_ARGUMENT.
+/// (oversize message, client gone), is INVALID_ARGUMENT; none for
+/// `within` is DEADLINE_EXCEEDED.
 async fn next(
     stream: &mut Streaming<WritePersistentCacheTaskRequest>,
+    within: Duration,
 ) -> Result<Option<Msg>, Status> {
-    match stream.message().await {
+    let Ok(message) = tokio::time::timeout(within, stream.message()).await else {
+        warn!(
+            ?within,
+            "the import sent nothing for the no-progress deadline; nothing stored"
+        );
+        return Err(super::feed::stalled(within));
+    };
+    match message {
         Ok(Some(WritePersistentCacheTaskRequest {
             response: Some(msg),
         })) => Ok(Some(msg)),

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use tracing::debug;
 
+use crate::memory::TransferMemory;
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::{Store, TaskMeta, WriteParams};
 use dfcache_wire::domain::piece::default_piece_length;
@@ -22,12 +23,20 @@ impl Store {
     /// Imports the file at `path`, opened with the daemon's rights (for
     /// root and the daemon's own uid only: the task then shares the
     /// file's inode), by linking it when it is on the store's file system;
-    /// copies it otherwise.
-    pub async fn link_path(&self, path: &Path, params: WriteParams) -> StoreResult<TaskMeta> {
+    /// copies it otherwise (taking the copy's memory from `memory`).
+    pub async fn link_path(
+        &self,
+        path: &Path,
+        params: WriteParams,
+        memory: &TransferMemory,
+    ) -> StoreResult<TaskMeta> {
         params.validate()?;
         let store = self.clone();
         let owned = path.to_path_buf();
+        // The hashing buffer's bytes, held until it is freed.
+        let hashing = memory.budget().acquire(HASH_READ as u64).await;
         let linked = tokio::task::spawn_blocking(move || {
+            let _hashing = hashing;
             store
                 .link_blocking(&owned, params.clone())
                 .map(|m| (m, params))
@@ -40,7 +49,8 @@ impl Store {
                 let file = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| StoreError::path(path, e))?;
-                self.import_file(file.into_std().await, path, params).await
+                self.import_file(file.into_std().await, path, params, memory)
+                    .await
             }
             Err(e) => Err(e),
         }

@@ -26,10 +26,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use dfcache_budget::Lease;
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
-use dfcache_direct_io::BlockPool;
+use crate::memory::TransferMemory;
 pub use error::{StoreError, StoreResult};
 pub use meta::{TaskMeta, MAX_IMPORTERS};
 pub use range::RangeReader;
@@ -59,9 +60,6 @@ struct Inner {
     /// Streams reading each task right now (see [`ReadLease`]): GC leaves
     /// a task alone while it has any.
     readers: Mutex<HashMap<String, usize>>,
-    /// Blocks for direct reads, shared by every range being served so a
-    /// piece read reuses warm memory instead of zeroing a new block.
-    read_blocks: BlockPool,
 }
 
 impl Store {
@@ -92,7 +90,6 @@ impl Store {
                 commit: Mutex::new(()),
                 next_temp: AtomicU64::new(0),
                 readers: Mutex::new(HashMap::new()),
-                read_blocks: RangeReader::block_pool(),
             }),
         })
     }
@@ -147,10 +144,17 @@ impl Store {
         self.data_path(id)
     }
 
-    /// A reader of `offset..end` of a task opened with `open_content`.
-    pub fn range_reader(&self, id: &str, file: Arc<File>, offset: u64, end: u64) -> RangeReader {
-        let blocks = self.inner.read_blocks.clone();
-        RangeReader::new(&self.data_path(id), file, offset, end, blocks)
+    /// A reader of `offset..end` of a task opened with `open_content`,
+    /// its blocks leased from `memory`'s budget.
+    pub fn range_reader(
+        &self,
+        id: &str,
+        file: Arc<File>,
+        offset: u64,
+        end: u64,
+        memory: &TransferMemory,
+    ) -> RangeReader {
+        RangeReader::new(&self.data_path(id), file, offset, end, memory.clone())
     }
 
     /// Starts writing a new task; it exists only once `finish` returns.
@@ -158,13 +162,19 @@ impl Store {
     /// An announced length beyond the store's free space is refused before
     /// anything is written (the client learns at once, not after sending
     /// gigabytes); an unknown length can still fill the disk, which then
-    /// fails the write with `NoSpace`.
-    pub fn begin_write(&self, params: WriteParams) -> StoreResult<TaskWriter> {
+    /// fails the write with `NoSpace`. `share` is what the import took of
+    /// `memory`'s budget (`TransferMemory::import_share`).
+    pub fn begin_write(
+        &self,
+        params: WriteParams,
+        memory: &TransferMemory,
+        share: Lease,
+    ) -> StoreResult<TaskWriter> {
         params.validate()?;
         if let Some(len) = params.expected_length {
             self.check_space(len)?;
         }
-        TaskWriter::start(self.clone(), params, self.temp_path("part"))
+        TaskWriter::start(self.clone(), params, self.temp_path("part"), memory, share)
     }
 
     /// Refuses `len` bytes when the store's file system has fewer free.
@@ -192,12 +202,14 @@ impl Store {
     }
 
     /// Imports the regular file open as `file` (the upload RPC opened it
-    /// with its caller's rights); `path` is its name, for messages.
+    /// with its caller's rights), once `memory`'s budget has room for it;
+    /// `path` is its name, for messages.
     pub async fn import_file(
         &self,
         file: File,
         path: &Path,
         mut params: WriteParams,
+        memory: &TransferMemory,
     ) -> StoreResult<TaskMeta> {
         let mut file = tokio::fs::File::from_std(file);
         let metadata = file
@@ -211,7 +223,12 @@ impl Store {
             )));
         }
         params.expected_length = Some(metadata.len());
-        let mut writer = self.begin_write(params)?;
+        params.validate()?;
+        let share = memory
+            .budget()
+            .acquire(memory.import_share(params.expected_length, false))
+            .await;
+        let mut writer = self.begin_write(params, memory, share)?;
         loop {
             let mut buf = BytesMut::with_capacity(IMPORT_READ_SIZE);
             let n = file
@@ -837,12 +854,16 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut writer = store
-                .begin_write(WriteParams {
-                    importer: Some(uid),
-                    ..WriteParams::default()
-                })
-                .unwrap();
+            let memory = TransferMemory::new(dfcache_budget::MemoryBudget::new(64 << 20));
+            let share = memory
+                .budget()
+                .acquire(memory.import_share(None, true))
+                .await;
+            let params = WriteParams {
+                importer: Some(uid),
+                ..WriteParams::default()
+            };
+            let mut writer = store.begin_write(params, &memory, share).unwrap();
             writer.write(Bytes::from_static(content)).await.unwrap();
             writer.finish().await.unwrap()
         })

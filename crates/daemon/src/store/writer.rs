@@ -2,7 +2,8 @@
 //! hashed; only `finish` makes it a task (fsync, then rename into place).
 //!
 //! Two threads of its own do the work, so memory stays at a few chunks and
-//! two blocks whatever the task size:
+//! two blocks whatever the task size, all of it leased from the daemon's
+//! memory budget (see `memory.rs`):
 //! - the stage thread hashes each chunk and, while the chunk is still in
 //!   the CPU's cache, copies it into an aligned block;
 //! - the write thread writes full blocks to the disk (`O_DIRECT`, see
@@ -11,9 +12,12 @@
 //! With two blocks the next one fills while the previous one is written, so
 //! the disk's latency never stalls the hashing. Large blocks matter on a
 //! disk shared with the reads of the file being imported (`fio`, 2 GiB read
-//! and written at once: 4 MiB requests 2.7 s, 16 MiB 1.8-2.0 s). Dropping
-//! an unfinished writer removes its temporary file: a broken stream leaves
-//! nothing behind.
+//! and written at once: 4 MiB requests 2.7 s, 16 MiB 1.8-2.0 s): blocks
+//! start small and double up to the daemon's block size, each larger one
+//! only when the budget has room for it at once (otherwise the writer goes
+//! on with the blocks it has). The chunk queue is bounded in bytes by the
+//! import's share. Dropping an unfinished writer removes its temporary
+//! file: a broken stream leaves nothing behind.
 
 use std::path::PathBuf;
 use std::sync::mpsc as blocking;
@@ -21,18 +25,19 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dfcache_budget::{Lease, MemoryBudget};
 use tokio::sync::mpsc;
 
+use crate::memory::{first_block, TransferMemory};
 use crate::store::direct::ContentSink;
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::{Store, TaskMeta};
-use dfcache_direct_io::{AlignedBuf, ALIGN};
+use dfcache_direct_io::AlignedBuf;
 use dfcache_wire::domain::piece::{
     default_piece_length, MAX_REQUESTED_PIECE_LENGTH, MIN_PIECE_LENGTH,
 };
 use dfcache_wire::domain::task_id::{TaskIdHasher, TaskIdInputs};
 use dfcache_wire::domain::ttl::DEFAULT_TTL;
-use dfcache_wire::domain::CHUNK_QUEUE_DEPTH;
 
 /// Longest tag accepted: it is hashed into the id and kept in metadata.
 pub const MAX_TAG_LEN: usize = 1024;
@@ -41,15 +46,10 @@ pub const MAX_APPLICATION_LEN: usize = 1024;
 /// Longest `content_for_calculating_task_id` accepted (a URL or a name,
 /// never content).
 pub const MAX_ID_CONTENT_LEN: usize = 4096;
-/// Bytes per disk write, once the content has proved large.
-const STAGE_BLOCK: usize = 16 << 20;
-/// The first block's size at most: blocks start small and double, so the
-/// many small writes (files through the mount) do not each zero and hold
-/// 16 MiB (200 imports of 100 KB: daemon peak RSS 74 MiB with 16 MiB blocks
-/// from the start, 17 MiB before).
-const FIRST_BLOCK: usize = 1 << 20;
 /// Blocks per writer: one filling while the other is being written.
 const STAGE_BLOCKS: usize = 2;
+/// Chunks queued at most, however small: the queue is bounded in bytes.
+const QUEUE_SLOTS: usize = 64;
 
 /// What a writer is told before the content arrives.
 #[derive(Debug, Clone, Default)]
@@ -103,6 +103,11 @@ pub struct TaskWriter {
     params: WriteParams,
     temp_path: PathBuf,
     chunk_tx: Option<mpsc::Sender<Bytes>>,
+    /// The chunk queue's bytes: a chunk waits here for room.
+    queue: MemoryBudget,
+    /// What the import took of the budget and holds to its end (its
+    /// receive window; the queue's and the blocks' parts are split off).
+    _share: Lease,
     stage_thread: Option<JoinHandle<TaskIdHasher>>,
     file_thread: Option<JoinHandle<std::io::Result<ContentSink>>>,
     written: u64,
@@ -110,10 +115,14 @@ pub struct TaskWriter {
 }
 
 impl TaskWriter {
+    /// `share` is what the import took of the budget, sized by
+    /// `TransferMemory::import_share`.
     pub(super) fn start(
         store: Store,
         params: WriteParams,
         temp_path: PathBuf,
+        memory: &TransferMemory,
+        mut share: Lease,
     ) -> StoreResult<Self> {
         params.validate()?;
         let file = ContentSink::create(&temp_path)
@@ -124,20 +133,23 @@ impl TaskWriter {
             piece_length: params.piece_length,
             content_for_calculating_task_id: params.content_for_calculating_task_id.clone(),
         };
-        let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
+        let (chunk_tx, chunk_rx) = mpsc::channel(QUEUE_SLOTS);
         // Both hold every block at most once, so sends never wait.
         let (full_tx, full_rx) = blocking::sync_channel(STAGE_BLOCKS);
         let (empty_tx, empty_rx) = blocking::sync_channel(STAGE_BLOCKS);
-        // Clamped before rounding, so no announced length can overflow.
-        let first_block = params.expected_length.map_or(FIRST_BLOCK, |n| {
-            (n.min(FIRST_BLOCK as u64) as usize)
-                .next_multiple_of(ALIGN)
-                .clamp(ALIGN, FIRST_BLOCK)
-        });
+        let queue = MemoryBudget::within(memory.queue_share(&mut share, params.expected_length));
+        let first = first_block(params.expected_length);
+        let first_leases =
+            [(); STAGE_BLOCKS].map(|()| share.split(first as u64).unwrap_or_default());
+        let blocks = Blocks {
+            budget: memory.budget().clone(),
+            largest: memory.block().max(first),
+        };
         let stage_thread = spawn_named("dfcache-stage", move || {
             stage_loop(
                 TaskIdHasher::new(inputs),
-                first_block,
+                (first, first_leases),
+                blocks,
                 chunk_rx,
                 full_tx,
                 empty_rx,
@@ -150,6 +162,8 @@ impl TaskWriter {
             params,
             temp_path,
             chunk_tx: Some(chunk_tx),
+            queue,
+            _share: share,
             stage_thread: Some(stage_thread),
             file_thread: Some(file_thread),
             written: 0,
@@ -161,7 +175,8 @@ impl TaskWriter {
         self.written
     }
 
-    /// Queues one chunk; waits while the workers are behind (backpressure).
+    /// Queues one chunk; waits while the workers are behind (backpressure:
+    /// the queue holds a few chunks' bytes at most).
     pub async fn write(&mut self, chunk: Bytes) -> StoreResult<()> {
         if chunk.is_empty() {
             return Ok(());
@@ -177,7 +192,12 @@ impl TaskWriter {
         let Some(chunk_tx) = &self.chunk_tx else {
             return Err(StoreError::InvalidArgument("write after finish".into()));
         };
-        if chunk_tx.send(chunk).await.is_err() {
+        // Given back when the stage thread has copied the chunk.
+        let room = self
+            .queue
+            .acquire(TransferMemory::chunk_cost(chunk.len()))
+            .await;
+        if chunk_tx.send(room.attach(chunk)).await.is_err() {
             // A worker stopped: its error comes out of finish_workers.
             return Err(self.finish_workers().await.err().unwrap_or_else(|| {
                 StoreError::io(
@@ -285,52 +305,85 @@ fn spawn_named<T: Send + 'static>(
         .map_err(|e| StoreError::io("spawn writer thread", e))
 }
 
+/// Where an import's blocks come from: the budget, for blocks larger than
+/// the first two (which the import's share paid for).
+struct Blocks {
+    budget: MemoryBudget,
+    /// The daemon's block size: blocks grow no larger.
+    largest: usize,
+}
+
+/// A block and what it holds of the budget.
+struct Staged {
+    buf: AlignedBuf,
+    _lease: Lease,
+}
+
 /// Hashes every chunk and stages it into blocks for the write thread; the
 /// last, partial block goes when the chunks end. Stops early when the write
 /// thread has failed (its error is what the writer reports).
 fn stage_loop(
     mut hasher: TaskIdHasher,
-    first_block: usize,
+    (first, mut first_leases): (usize, [Lease; STAGE_BLOCKS]),
+    blocks: Blocks,
     mut chunks: mpsc::Receiver<Bytes>,
-    full: blocking::SyncSender<AlignedBuf>,
-    empty: blocking::Receiver<AlignedBuf>,
+    full: blocking::SyncSender<Staged>,
+    empty: blocking::Receiver<Staged>,
 ) -> TaskIdHasher {
     let mut allocated = 1;
-    let mut block = AlignedBuf::new(first_block);
-    let mut next_size = (first_block * 2).min(STAGE_BLOCK);
+    let mut block = Staged {
+        buf: AlignedBuf::new(first),
+        _lease: std::mem::take(&mut first_leases[0]),
+    };
+    let mut next_size = (first * 2).min(blocks.largest);
     while let Some(chunk) = chunks.blocking_recv() {
         // Hash first: the copy then reads the chunk from the CPU's cache.
         hasher.update(&chunk);
         let mut data = &chunk[..];
         while !data.is_empty() {
-            data = &data[block.fill(data)..];
-            if block.is_full() {
+            data = &data[block.buf.fill(data)..];
+            if block.buf.is_full() {
                 let reused = if allocated < STAGE_BLOCKS {
                     allocated += 1;
-                    None
+                    Staged {
+                        buf: AlignedBuf::new(first),
+                        _lease: std::mem::take(&mut first_leases[1]),
+                    }
                 } else {
                     match empty.recv() {
-                        Ok(reused) => Some(reused),
+                        Ok(reused) => reused,
                         Err(_) => return hasher,
                     }
                 };
-                // A block that came back smaller than the sizes reached by
-                // now is replaced by a larger one.
-                let next = match reused {
-                    Some(reused) if reused.capacity() >= next_size => reused,
-                    _ => AlignedBuf::new(next_size),
-                };
-                next_size = (next_size * 2).min(STAGE_BLOCK);
+                let next = blocks.grow(reused, next_size);
+                next_size = (next.buf.capacity() * 2).min(blocks.largest);
                 if full.send(std::mem::replace(&mut block, next)).is_err() {
                     return hasher;
                 }
             }
         }
     }
-    if !block.is_empty() {
+    if !block.buf.is_empty() {
         let _ = full.send(block);
     }
     hasher
+}
+
+impl Blocks {
+    /// `reused`, or a block of `size` in its place when it is smaller and
+    /// the budget has room for the larger one now.
+    fn grow(&self, reused: Staged, size: usize) -> Staged {
+        if reused.buf.capacity() >= size {
+            return reused;
+        }
+        match self.budget.try_acquire(size as u64) {
+            Some(lease) => Staged {
+                buf: AlignedBuf::new(size),
+                _lease: lease,
+            },
+            None => reused,
+        }
+    }
 }
 
 /// Writes every block and hands it back for reuse; the caller finishes the
@@ -338,12 +391,12 @@ fn stage_loop(
 /// an fsync.
 fn write_loop(
     mut sink: ContentSink,
-    full: blocking::Receiver<AlignedBuf>,
-    empty: blocking::SyncSender<AlignedBuf>,
+    full: blocking::Receiver<Staged>,
+    empty: blocking::SyncSender<Staged>,
 ) -> std::io::Result<ContentSink> {
     for mut block in full {
-        sink.append(&block)?;
-        block.clear();
+        sink.append(&block.buf)?;
+        block.buf.clear();
         // The stage thread is gone once it has sent its last block.
         let _ = empty.send(block);
     }
