@@ -41,6 +41,7 @@ fn config() -> FsConfig {
         // Default piece length: 4 MiB for every size used here.
         import: ImportOptions::default(),
         fetch_timeout: Duration::from_secs(30),
+        import_memory: dfcache_budget::MemoryBudget::new(256 << 20),
         negative_ttl: Duration::from_secs(5),
         task_cache_size: 1 << 30,
         owner: Owner { uid: 0, gid: 0 },

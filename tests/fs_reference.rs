@@ -420,6 +420,7 @@ impl Real {
             path_mapping: PathMapper::default(),
             import: ImportOptions::default(),
             fetch_timeout: Duration::from_secs(5),
+            import_memory: dfcache_budget::MemoryBudget::new(256 << 20),
             negative_ttl: Duration::from_secs(5),
             task_cache_size: 1 << 30,
             owner: Owner { uid: 0, gid: 0 },

@@ -11,6 +11,7 @@ use clap::Args;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use dfcache_budget::MemoryBudget;
 use dfcache_client::mapping::PathMapper;
 use dfcache_client::{Client, Deadlines};
 use dfcache_daemon::server::{serve, ServeOptions};
@@ -21,7 +22,7 @@ use dfcache_mount::daemon::metered::Metered;
 use dfcache_mount::passthrough::PassthroughMode;
 use dfcache_mount::{DfcacheFs, FsConfig, MountSettings};
 
-use super::args::{parse_timeout, GlobalArgs, TaskArgs};
+use super::args::{parse_memory_budget, parse_timeout, GlobalArgs, TaskArgs};
 use super::flags::parse_size;
 use super::serve::shutdown_signal;
 
@@ -35,6 +36,11 @@ pub struct MountArgs {
     /// Bytes of task pieces kept in memory.
     #[arg(long, value_parser = parse_size, default_value = "256mib", env = "DFCACHE_CACHE_SIZE")]
     pub cache_size: u64,
+    /// Memory for transfers beyond --cache-size: imports being streamed
+    /// (a quarter of it with --embedded, whose daemon's transfers get the
+    /// rest); a transfer that would need more waits its turn.
+    #[arg(long, value_name = "SIZE", env = "DFCACHE_MEMORY_BUDGET", value_parser = parse_memory_budget, default_value = "256mib")]
+    pub memory_budget: u64,
     /// Most bytes fetched ahead of a sequential reader (0 disables).
     #[arg(long, value_parser = parse_size, default_value = "64mib")]
     pub read_ahead: u64,
@@ -130,9 +136,10 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         }
     }
 
+    let budgets = Budgets::split(args.memory_budget, args.embedded.is_some());
     let (daemon, socket) = match &args.embedded {
         Some(dir) => {
-            let (daemon, socket) = start_embedded(dir).await?;
+            let (daemon, socket) = start_embedded(dir, budgets.daemon.clone()).await?;
             (Some(daemon), socket)
         }
         None => (None, global.endpoint.clone()),
@@ -145,10 +152,19 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         mount: true,
         daemon: daemon.is_some(),
     };
-    let refresh = daemon
+    let mut refresh: Vec<_> = daemon
         .iter()
         .map(|d| super::metrics_endpoint::store_refresh(&d.store))
         .collect();
+    refresh.push(super::metrics_endpoint::import_memory_refresh(
+        &budgets.imports,
+    ));
+    refresh.extend(
+        budgets
+            .daemon
+            .as_ref()
+            .map(super::metrics_endpoint::daemon_memory_refresh),
+    );
     let _metrics =
         super::metrics_endpoint::start_metrics(args.metrics_addr.as_deref(), exposed, refresh)
             .await?;
@@ -193,6 +209,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         path_mapping: args.path_mapping.clone(),
         import: args.task.import_options(None),
         fetch_timeout: args.fetch_timeout,
+        import_memory: budgets.imports,
         negative_ttl: Duration::from_secs(5),
         task_cache_size: args.task_cache_size,
         owner,
@@ -254,6 +271,33 @@ async fn wait_session_end(session: &fuser::BackgroundSession) {
     }
 }
 
+/// `--memory-budget`, split between what the mount's imports hold and
+/// (with `--embedded`) the embedded daemon's transfers.
+struct Budgets {
+    imports: MemoryBudget,
+    daemon: Option<MemoryBudget>,
+}
+
+impl Budgets {
+    /// With an embedded daemon, its transfers get three quarters: they
+    /// hold the larger buffers (blocks), and the daemon must have room
+    /// for every import the mount lets through at once, or those would
+    /// wait on the daemon and the mount's writers behind them.
+    fn split(total: u64, embedded: bool) -> Self {
+        if !embedded {
+            return Self {
+                imports: MemoryBudget::new(total),
+                daemon: None,
+            };
+        }
+        let imports = total / 4;
+        Self {
+            imports: MemoryBudget::new(imports),
+            daemon: Some(MemoryBudget::new(total - imports)),
+        }
+    }
+}
+
 /// An embedded daemon on a private socket inside its store directory.
 struct Embedded {
     store: Store,
@@ -268,7 +312,10 @@ impl Embedded {
     }
 }
 
-async fn start_embedded(dir: &std::path::Path) -> anyhow::Result<(Embedded, PathBuf)> {
+async fn start_embedded(
+    dir: &std::path::Path,
+    memory_budget: Option<MemoryBudget>,
+) -> anyhow::Result<(Embedded, PathBuf)> {
     let store =
         Store::open(dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
     let socket = dir.join("dfdaemon.sock");
@@ -279,7 +326,11 @@ async fn start_embedded(dir: &std::path::Path) -> anyhow::Result<(Embedded, Path
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = serve(served, &listen_socket, ServeOptions::default(), shutdown).await {
+        let mut options = ServeOptions::default();
+        if let Some(budget) = memory_budget {
+            options.memory_budget = budget;
+        }
+        if let Err(e) = serve(served, &listen_socket, options, shutdown).await {
             warn!(error = %e, "embedded daemon stopped");
         }
     });

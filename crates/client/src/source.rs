@@ -41,6 +41,10 @@ pub(super) const CHUNKS_IN_FLIGHT: usize = BLOCK / CHUNK_SIZE + 4;
 /// Spare blocks kept for reuse: about as many as are in flight at once
 /// (the one being read, the queued chunks', the one being sent).
 const SPARE_BLOCKS: usize = 4;
+/// What streaming a file holds at most: its blocks (those in flight and
+/// those kept for reuse; a block is only touched as far as the file goes)
+/// and the message being encoded and sent.
+pub const MAX_FILE_STREAM_MEMORY: u64 = ((SPARE_BLOCKS + 1) * BLOCK + 2 * CHUNK_SIZE) as u64;
 
 /// A file opened for streaming: always a normal descriptor, and a direct
 /// one when the file is large and its file system allows it.

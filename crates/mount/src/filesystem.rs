@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use dfcache_budget::MemoryBudget;
 use tracing::debug;
 
 use crate::attr::{Attr, Kind, Modes, Owner, SetAttr};
@@ -67,6 +68,9 @@ pub struct FsConfig {
     pub import: ImportOptions,
     /// A piece fetch that takes longer fails with EIO.
     pub fetch_timeout: Duration,
+    /// The mount's memory budget for streamed imports: each takes
+    /// `import::state::IMPORT_SHARE` of it from its first write to its end.
+    pub import_memory: MemoryBudget,
     /// How long an unknown task id is remembered as unknown.
     pub negative_ttl: Duration,
     /// Disk bytes for whole-task downloads from a daemon without range

@@ -10,23 +10,40 @@
 //!
 //! Streaming forwards sequential writes in 1 MiB chunks over a bounded
 //! channel, so a writer waits while the daemon is behind and memory stays
-//! at a few chunks.
+//! at a few chunks. Those chunks are the mount's share of what it holds
+//! beyond its cache: an import takes [`IMPORT_SHARE`] of the mount's
+//! memory budget at its first write (or at its end, for an empty file),
+//! before its stream to the daemon is opened, and holds it to its end. An
+//! import that finds the budget full waits, as long as the imports holding
+//! it make progress (send chunks, or end), and fails with ETIMEDOUT once
+//! none has for the fetch timeout. Opening the stream only with the share means the daemon only
+//! ever sees imports that can send (one that waited at the daemon while
+//! holding a slot there, its writer waiting for a share here, could hold
+//! up the very imports that hold the shares).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use dfcache_budget::{Lease, MemoryBudget};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::daemon::{DaemonClient, ImportOptions};
 use crate::error::{Errno, FsError, FsResult};
 use crate::read::geometry::TaskGeometry;
 use dfcache_client::{ClientResult, WriteSummary};
 use dfcache_wire::domain::piece::reported_or_default;
-use dfcache_wire::domain::CHUNK_SIZE;
+use dfcache_wire::domain::{CHUNK_QUEUE_DEPTH, CHUNK_SIZE};
+
+/// What a streamed import holds in the mount, at most: the chunk being
+/// gathered, the one handed to the client, the client's queue
+/// (`CHUNK_QUEUE_DEPTH`), and the message being encoded and sent.
+pub const IMPORT_SHARE: u64 = (CHUNK_QUEUE_DEPTH as u64 + 4) * CHUNK_SIZE as u64;
 
 /// Where an import stands.
 pub enum ImportState {
@@ -39,15 +56,33 @@ pub enum ImportState {
 
 /// A streamed import in progress.
 pub struct Stream {
+    /// Until the stream is open: what opens it (boxed: it is most of a
+    /// stream's size, and gone once the stream is open).
+    opener: Option<Box<Opener>>,
     tx: Option<mpsc::Sender<std::io::Result<Bytes>>>,
     buf: BytesMut,
     /// Bytes accepted so far (sent or buffered): the only offset a write
     /// may start at.
     written: u64,
-    call: JoinHandle<ClientResult<WriteSummary>>,
+    call: Option<JoinHandle<ClientResult<WriteSummary>>>,
     /// The call's result, once it ended before the stream did (the daemon
     /// refused it or stopped taking chunks).
     ended: Option<ClientResult<WriteSummary>>,
+    /// The import's share of the mount's memory budget, once open.
+    _share: Lease,
+    /// That budget, told of every chunk sent (imports waiting for a share
+    /// wait as long as those holding one make progress).
+    memory: Option<MemoryBudget>,
+}
+
+/// What a streamed import is opened with.
+pub struct Opener {
+    pub client: Arc<dyn DaemonClient>,
+    pub options: ImportOptions,
+    /// The mount's memory budget for imports.
+    pub memory: MemoryBudget,
+    /// A wait for a share fails once nothing was given back for this long.
+    pub within: Duration,
 }
 
 /// A spooled import: written at any offset, uploaded on close.
@@ -89,17 +124,46 @@ impl Finished {
 }
 
 impl Stream {
-    pub fn new(
-        tx: mpsc::Sender<std::io::Result<Bytes>>,
-        call: JoinHandle<ClientResult<WriteSummary>>,
-    ) -> Self {
+    /// An import whose stream `opener` opens at the first write.
+    pub fn new(opener: Opener) -> Self {
         Self {
-            tx: Some(tx),
-            buf: BytesMut::with_capacity(CHUNK_SIZE),
+            opener: Some(Box::new(opener)),
+            tx: None,
+            buf: BytesMut::new(),
             written: 0,
-            call,
+            call: None,
             ended: None,
+            _share: Lease::empty(),
+            memory: None,
         }
+    }
+
+    /// Takes the import's share (waiting for it) and opens its stream; a
+    /// no-op once open.
+    async fn open(&mut self) -> FsResult<()> {
+        let Some(opener) = &self.opener else {
+            return Ok(());
+        };
+        // Still closed if this fails: a later write waits again.
+        let share = share_of(&opener.memory, IMPORT_SHARE, opener.within).await?;
+        let Some(opener) = self.opener.take() else {
+            return Ok(());
+        };
+        let Opener {
+            client,
+            options,
+            memory,
+            ..
+        } = *opener;
+        // A channel of one: the client's own queue is the buffer.
+        let (tx, rx) = mpsc::channel(1);
+        self.call = Some(tokio::spawn(
+            async move { client.write(rx, &options).await },
+        ));
+        self.tx = Some(tx);
+        self._share = share;
+        self.memory = Some(memory);
+        Ok(())
     }
 
     pub fn written(&self) -> u64 {
@@ -115,6 +179,7 @@ impl Stream {
                 self.written
             ))));
         }
+        self.open().await?;
         let len = data.len() as u64;
         if self.buf.is_empty() && data.len() >= CHUNK_SIZE / 2 {
             // A large write (the kernel sends up to 1 MiB) is a chunk as it
@@ -126,6 +191,9 @@ impl Stream {
         let mut rest = &data[..];
         while !rest.is_empty() {
             let take = rest.len().min(CHUNK_SIZE - self.buf.len());
+            if self.buf.is_empty() {
+                self.buf.reserve(CHUNK_SIZE);
+            }
             self.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.buf.len() == CHUNK_SIZE {
@@ -137,7 +205,7 @@ impl Stream {
     }
 
     async fn send_buffered(&mut self) -> FsResult<()> {
-        let chunk = std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK_SIZE)).freeze();
+        let chunk = std::mem::take(&mut self.buf).freeze();
         self.send(chunk).await
     }
 
@@ -156,11 +224,23 @@ impl Stream {
             self.ended = Some(ended);
             return Err(errno);
         }
+        if let Some(memory) = &self.memory {
+            memory.progressed();
+        }
         Ok(())
     }
 
     async fn call_result(&mut self) -> ClientResult<WriteSummary> {
-        (&mut self.call).await.unwrap_or_else(|e| {
+        let joined = match self.call.as_mut() {
+            Some(call) => call.await,
+            None => {
+                return Err(dfcache_client::ClientError::io(
+                    "import call",
+                    std::io::Error::other("the import's stream was never opened"),
+                ))
+            }
+        };
+        joined.unwrap_or_else(|e| {
             Err(dfcache_client::ClientError::io(
                 "import call",
                 std::io::Error::other(e),
@@ -169,8 +249,10 @@ impl Stream {
     }
 
     /// Sends what is buffered, ends the stream and waits for the daemon's
-    /// acknowledgement.
+    /// acknowledgement. An import with nothing written opens its stream
+    /// now: it becomes an empty task.
     pub async fn finish(mut self) -> FsResult<Finished> {
+        self.open().await?;
         if !self.buf.is_empty() {
             // A failed send leaves the error to the call's result below.
             let _ = self.send_buffered().await;
@@ -190,8 +272,24 @@ impl Stream {
             let _ = tx.try_send(Err(std::io::Error::other("import cancelled")));
         }
         // The call ends on its own once the stream is dropped.
-        drop(self.call);
+        drop(self.call.take());
     }
+}
+
+/// `bytes` of the imports' budget `memory`, once free; ETIMEDOUT when
+/// nothing was given back to it for `within` and no import holding it sent
+/// a chunk (its holders are stuck), never merely because the wait is long.
+pub(crate) async fn share_of(
+    memory: &MemoryBudget,
+    bytes: u64,
+    within: Duration,
+) -> FsResult<Lease> {
+    memory.acquire_moving(bytes, within).await.map_err(|stuck| {
+        Errno::ETIMEDOUT.because(std::io::Error::other(format!(
+            "waiting for room in the mount's memory budget for imports: {stuck} \
+             (the imports holding it make no progress)"
+        )))
+    })
 }
 
 /// The errno of a call that ended before its stream did; a success there

@@ -14,16 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::attr::Attr;
 use crate::error::{Errno, FsError, FsResult};
 use crate::filesystem::DfcacheFs;
 use crate::handles::{OpenFile, Opened};
-use crate::import::state::{Finished, ImportState, Spool, Stream};
+use crate::import::state::{Finished, ImportState, Opener, Spool, Stream};
 use crate::inodes::{ImportEntry, ImportMeta, ImportNode, Node, IMPORT_INO};
-use dfcache_wire::domain::CHUNK_QUEUE_DEPTH;
+use dfcache_wire::domain::CHUNK_SIZE;
 
 static NEXT_SPOOL: AtomicU64 = AtomicU64::new(0);
 
@@ -107,11 +106,12 @@ impl DfcacheFs {
                 "the daemon has no streaming RPCs (a released dfdaemon): imports need --spool DIR",
             )));
         }
-        let (tx, rx) = mpsc::channel(CHUNK_QUEUE_DEPTH);
-        let client = self.client.clone();
-        let options = self.config.import.clone();
-        let call = tokio::spawn(async move { client.write(rx, &options).await });
-        Ok(ImportState::Streaming(Stream::new(tx, call)))
+        Ok(ImportState::Streaming(Stream::new(Opener {
+            client: self.client.clone(),
+            options: self.config.import.clone(),
+            memory: self.config.import_memory.clone(),
+            within: self.config.fetch_timeout,
+        })))
     }
 
     /// open() for writing of an existing import: only with O_TRUNC on a
@@ -274,6 +274,15 @@ impl DfcacheFs {
     /// Streams a spool file to the daemon, then removes it. (A legacy
     /// daemon gets it by path: see the legacy mode.)
     async fn upload_spool(&self, spool: Spool) -> FsResult<Finished> {
+        // A streamed upload reads the file into blocks: it holds about the
+        // file's size, up to what streaming a file may hold, from the
+        // imports' budget (a legacy daemon reads the file itself).
+        let _share = if self.client.is_legacy() {
+            None
+        } else {
+            let bytes = spool.size.min(dfcache_client::MAX_FILE_STREAM_MEMORY) + CHUNK_SIZE as u64;
+            Some(self.import_share(bytes).await?)
+        };
         // A legacy daemon opens the spool file itself, by its host path;
         // it may hard-link it into its storage, so the file is only ever
         // unlinked afterwards, never modified or reused.
@@ -290,6 +299,13 @@ impl DfcacheFs {
         let size = spool.size;
         spool.discard();
         Ok(Finished::of(result?, size))
+    }
+
+    /// `bytes` of the imports' memory budget, waiting while other imports
+    /// give theirs back; ETIMEDOUT once none has for the fetch timeout.
+    pub(crate) async fn import_share(&self, bytes: u64) -> FsResult<dfcache_budget::Lease> {
+        crate::import::state::share_of(&self.config.import_memory, bytes, self.config.fetch_timeout)
+            .await
     }
 
     /// A spool file as the daemon sees it (or why it cannot).

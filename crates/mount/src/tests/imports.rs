@@ -188,3 +188,122 @@ async fn a_daemon_known_to_lack_streaming_refuses_imports_at_create_without_a_sp
     let created = fs.create(IMPORT_INO, &name("f"), 0o644, false, 0, 0).await;
     assert_eq!(created.err(), Some(Errno::EOPNOTSUPP));
 }
+
+/// A mount whose imports' budget holds `shares` imports at once, waiting
+/// `within` for one to give its share back.
+fn mounted_with_import_shares(fake: &Arc<FakeDaemon>, shares: u64, within: Duration) -> DfcacheFs {
+    let mut config = config();
+    config.import_memory =
+        dfcache_budget::MemoryBudget::new(shares * crate::import::state::IMPORT_SHARE);
+    config.fetch_timeout = within;
+    DfcacheFs::new(fake.clone(), config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_writers_than_the_import_budget_holds_wait_their_turn_and_all_finish() {
+    let fake = FakeDaemon::new(DEADLINE);
+    let fs = Arc::new(mounted_with_import_shares(
+        &fake,
+        2,
+        Duration::from_secs(10),
+    ));
+    let budget = fs.config.import_memory.clone();
+    // Two writers take both shares and keep their files open.
+    let first: Vec<u64> = [
+        create_and_write(&fs, "f0", &bytes(3 * MIB, 0)).await,
+        create_and_write(&fs, "f1", &bytes(3 * MIB, 1)).await,
+    ]
+    .into();
+    assert_eq!(budget.held(), budget.capacity());
+    // Six more wait in their first write for a share.
+    let writers: Vec<_> = (2..8u8)
+        .map(|i| {
+            let fs = fs.clone();
+            tokio::spawn(async move {
+                let fh = create_and_write(&fs, &format!("f{i}"), &bytes(3 * MIB, i)).await;
+                fs.flush(fh).await.unwrap();
+                fs.release(fh).await.unwrap();
+            })
+        })
+        .collect();
+    for _ in 0..2000 {
+        if budget.waiting() == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(budget.waiting(), 6, "the six wait for a share");
+    assert_eq!(fake.calls(Call::Write), 2, "only the two have a stream");
+    // As the first two end, the others get their shares in turn.
+    for fh in first {
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(fake.task_ids().len(), 8);
+    for i in 0..8u8 {
+        let attr = fs
+            .lookup(IMPORT_INO, &name(&format!("f{i}")))
+            .await
+            .unwrap();
+        let id = fs
+            .getxattr(attr.ino, &name("user.dfcache.task_id"))
+            .await
+            .unwrap();
+        let stored = fake.content(std::str::from_utf8(&id).unwrap()).unwrap();
+        assert!(stored[..] == bytes(3 * MIB, i)[..], "import {i}");
+    }
+    assert_eq!(budget.held(), 0, "every share was given back");
+}
+
+#[tokio::test]
+async fn a_writer_waiting_for_a_share_nobody_gives_back_gets_etimedout_then_goes_on() {
+    let fake = FakeDaemon::new(DEADLINE);
+    let fs = mounted_with_import_shares(&fake, 1, DEADLINE);
+    // `a` holds the only share and writes nothing more for now.
+    let a = create_and_write(&fs, "a", &bytes(1000, 1)).await;
+    let (_, b) = fs
+        .create(IMPORT_INO, &name("b"), 0o644, false, 0, 0)
+        .await
+        .unwrap();
+    let err = fs.write(b.fh, 0, b"b".to_vec()).await.unwrap_err();
+    assert_eq!(err, Errno::ETIMEDOUT);
+    assert!(err.to_string().contains("memory budget"), "{err}");
+    // Once `a` is done, `b` gets the share on its next write.
+    fs.flush(a).await.unwrap();
+    fs.release(a).await.unwrap();
+    fs.write(b.fh, 0, b"b".to_vec()).await.unwrap();
+    fs.flush(b.fh).await.unwrap();
+    fs.release(b.fh).await.unwrap();
+    assert_eq!(fake.task_ids().len(), 2);
+    assert_eq!(fs.config.import_memory.held(), 0);
+}
+
+#[tokio::test]
+async fn an_import_holds_no_share_before_its_first_write_and_an_empty_one_is_stored() {
+    let fake = FakeDaemon::new(DEADLINE);
+    let fs = mounted_with_import_shares(&fake, 1, DEADLINE);
+    let opened: Vec<_> = create_empty(&fs, 3).await;
+    assert_eq!(fs.config.import_memory.held(), 0, "created, not written");
+    assert_eq!(fake.calls(Call::Write), 0, "no stream opened yet");
+    for fh in opened {
+        fs.release(fh).await.unwrap();
+    }
+    assert_eq!(fake.task_ids().len(), 1, "three empty imports are one task");
+    assert_eq!(fake.content(&fake.task_ids()[0]).unwrap().len(), 0);
+}
+
+/// Creates `n` imports without writing; their handles.
+async fn create_empty(fs: &DfcacheFs, n: usize) -> Vec<u64> {
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let (_, opened) = fs
+            .create(IMPORT_INO, &name(&format!("e{i}")), 0o644, false, 0, 0)
+            .await
+            .unwrap();
+        handles.push(opened.fh);
+    }
+    handles
+}

@@ -39,6 +39,7 @@ fn config() -> FsConfig {
         path_mapping: PathMapper::default(),
         import: ImportOptions::default(),
         fetch_timeout: FETCH_TIMEOUT,
+        import_memory: dfcache_budget::MemoryBudget::new(64 * MIB),
         negative_ttl: Duration::from_secs(5),
         task_cache_size: 1 << 30,
         owner: Owner { uid: 0, gid: 0 },
