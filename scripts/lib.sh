@@ -39,10 +39,11 @@ fresh_memory() {
   rm -f /dev/shm/dfcache-bench-fresh
 }
 
-# start_daemon DIR: runs the release `dfcache serve` on DIR/d.sock with its
-# store in DIR/store; sets DAEMON_PID and exports DFCACHE_ENDPOINT.
+# start_daemon DIR [BIN]: runs `BIN serve` (the release `dfcache` by
+# default) on DIR/d.sock with its store in DIR/store; sets DAEMON_PID and
+# exports DFCACHE_ENDPOINT.
 start_daemon() {
-  "$DFCACHE" serve --socket "$1/d.sock" --dir "$1/store" -l warn &
+  "${2:-$DFCACHE}" serve --socket "$1/d.sock" --dir "$1/store" -l warn &
   DAEMON_PID=$!
   export DFCACHE_ENDPOINT="$1/d.sock"
   for _ in $(seq 100); do [ -S "$1/d.sock" ] && return 0; sleep 0.05; done
