@@ -11,7 +11,8 @@
 //! volumes need; the plugin's socket is where the registrar tells kubelet;
 //! a pod reading through the driver has no hostPath and no privileges; the
 //! sidecar is a native sidecar gated on its mount. Every dfcache flag the
-//! files use exists.
+//! files use exists, and so does every variable a mount is given; a
+//! mount's memory limit leaves room for its cache and memory budget.
 //! (tests/fuse/deploy_probes.rs runs the probe and the preStop hook
 //! against real mounts.)
 
@@ -91,6 +92,17 @@ for name, kind in sorted(expected.items()):
         for arg in command:
             if arg.startswith("--"):
                 print("mount-flag", arg)
+        # Its memory limit leaves room for its cache and memory budget (each
+        # 256 MiB unless set) and the process's fixed overhead (64 MiB).
+        def mib(v):
+            for unit, n in (("gib", 1024), ("gi", 1024), ("mib", 1), ("mi", 1)):
+                if v.lower().endswith(unit):
+                    return int(v[: -len(unit)]) * n
+            raise ValueError(v)
+        need = mib(env.get("DFCACHE_CACHE_SIZE", "256mib")) + mib(env.get("DFCACHE_MEMORY_BUDGET", "256mib")) + 64
+        limit = mib(c["resources"]["limits"]["memory"])
+        assert limit >= need, (name, c["name"], "memory limit", limit, "MiB, needs", need)
+        print("mount-env", " ".join(sorted(e for e in env if e.startswith("DFCACHE_"))))
         if kind == "DaemonSet":
             probe = c["livenessProbe"]["exec"]["command"]
             assert any(a.startswith(mountpoint + "/") for a in probe), ("probe", probe)
@@ -186,6 +198,18 @@ fn the_kubernetes_manifests_parse_are_consistent_and_use_real_flags() {
         assert!(
             help.contains(&format!("{flag} ")),
             "a manifest uses {flag}, which `dfcache csi` does not have"
+        );
+    }
+    // Every variable a mount is given is one `dfcache mount` reads.
+    let help = mount_help();
+    for var in stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("mount-env "))
+        .flat_map(str::split_whitespace)
+    {
+        assert!(
+            help.contains(&format!("env: {var}=")),
+            "a manifest sets {var}, which `dfcache mount` does not read"
         );
     }
 }
