@@ -93,13 +93,14 @@ for name, kind in sorted(expected.items()):
             if arg.startswith("--"):
                 print("mount-flag", arg)
         # Its memory limit leaves room for its cache and memory budget (each
-        # 256 MiB unless set) and the process's fixed overhead (64 MiB).
+        # 256 MiB unless set) and the process's overhead (128 MiB: the
+        # fixed part and a hundred transfers at once, docs/KUBERNETES.md).
         def mib(v):
             for unit, n in (("gib", 1024), ("gi", 1024), ("mib", 1), ("mi", 1)):
                 if v.lower().endswith(unit):
                     return int(v[: -len(unit)]) * n
             raise ValueError(v)
-        need = mib(env.get("DFCACHE_CACHE_SIZE", "256mib")) + mib(env.get("DFCACHE_MEMORY_BUDGET", "256mib")) + 64
+        need = mib(env.get("DFCACHE_CACHE_SIZE", "256mib")) + mib(env.get("DFCACHE_MEMORY_BUDGET", "256mib")) + 128
         limit = mib(c["resources"]["limits"]["memory"])
         assert limit >= need, (name, c["name"], "memory limit", limit, "MiB, needs", need)
         print("mount-env", " ".join(sorted(e for e in env if e.startswith("DFCACHE_"))))
