@@ -44,6 +44,7 @@ fn config() -> FsConfig {
         import_memory: dfcache_budget::MemoryBudget::new(256 << 20),
         negative_ttl: Duration::from_secs(5),
         task_cache_size: 1 << 30,
+        prefetch_trees: true,
         owner: Owner { uid: 0, gid: 0 },
         modes: Modes::default(),
     }

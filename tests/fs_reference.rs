@@ -423,6 +423,7 @@ impl Real {
             import_memory: dfcache_budget::MemoryBudget::new(256 << 20),
             negative_ttl: Duration::from_secs(5),
             task_cache_size: 1 << 30,
+            prefetch_trees: true,
             owner: Owner { uid: 0, gid: 0 },
             modes: Modes::default(),
         };

@@ -85,6 +85,11 @@ pub struct MountArgs {
     /// evicted least recently used, task by task.
     #[arg(long, value_parser = parse_size, default_value = "10gib", env = "DFCACHE_TASK_CACHE_SIZE")]
     pub task_cache_size: u64,
+    /// On a daemon without range reads, the first open of a file under
+    /// trees/<id>/ also starts downloading the tree's other files in the
+    /// background (within --task-cache-size, after what programs wait for).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, env = "DFCACHE_PREFETCH_TREES")]
+    pub prefetch_trees: bool,
     /// Threads reading kernel requests.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -212,6 +217,7 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         import_memory: budgets.imports,
         negative_ttl: Duration::from_secs(5),
         task_cache_size: args.task_cache_size,
+        prefetch_trees: args.prefetch_trees,
         owner,
         modes,
     };
@@ -262,6 +268,15 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => bail!("unmount of {} failed: {e}", args.mountpoint.display()),
+    }
+}
+
+/// `on` or `off`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is not one of: on, off")),
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tonic::Streaming;
 
 use dfcache_wire::domain::ttl::duration_to_proto;
-use dfcache_wire::pb::common::PersistentCacheTask;
+use dfcache_wire::pb::common::{PersistentCacheTask, TrafficType};
 use dfcache_wire::pb::dfdaemon::download_persistent_cache_task_response::Response as Msg;
 use dfcache_wire::pb::dfdaemon::*;
 
@@ -22,6 +22,9 @@ pub struct DownloadedPiece {
     pub length: u64,
     /// Present when the download asked for piece content.
     pub content: Option<Bytes>,
+    /// The daemon fetched it from a peer (or the source) for this
+    /// download; false when its storage already had it.
+    pub fetched: bool,
 }
 
 /// The responses of one `DownloadPersistentCacheTask`.
@@ -91,19 +94,29 @@ impl Client {
             remote_ip: None,
             overwrite,
         };
+        self.start_download(req).await
+    }
+
+    /// Starts `DownloadPersistentCacheTask`; its first answer is bounded by
+    /// the call deadline, each later piece by the progress deadline.
+    pub(crate) async fn start_download(
+        &self,
+        req: DownloadPersistentCacheTaskRequest,
+    ) -> ClientResult<PieceStream> {
+        let task_id = req.task_id.clone();
         let stream = self
             .within("a download", self.deadlines.call, async {
                 self.rpc
                     .clone()
                     .download_persistent_cache_task(req)
                     .await
-                    .map_err(|s| self.error(s, Some(task_id)))
+                    .map_err(|s| self.error(s, Some(&task_id)))
             })
             .await?
             .into_inner();
         Ok(PieceStream {
             stream,
-            task_id: task_id.to_string(),
+            task_id,
             socket: self.socket.clone(),
             content_length: None,
             progress: self.deadlines.progress,
@@ -144,6 +157,7 @@ impl PieceStream {
                         offset: piece.offset,
                         length: piece.length,
                         content: piece.content,
+                        fetched: piece.traffic_type != Some(TrafficType::LocalPeer as i32),
                     }));
                 }
                 None => {

@@ -9,6 +9,7 @@
 mod channel;
 mod error;
 mod legacy;
+mod local;
 mod read;
 mod source;
 mod write;
@@ -38,6 +39,7 @@ use dfcache_wire::transport::{Windows, GRPC_MAX_MESSAGE};
 
 pub use error::{ClientError, ClientResult};
 pub use legacy::{DownloadedPiece, PieceStream};
+pub use local::{Deliver, LocalCopy};
 pub use read::{ReadRange, TaskReader};
 pub use source::MAX_FILE_STREAM_MEMORY;
 pub use tonic::Code;

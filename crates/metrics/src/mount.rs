@@ -67,6 +67,11 @@ pub struct MountMetrics {
     task_downloads: Counter,
     task_download_bytes: Gauge,
     spool_bytes: Counter,
+    tree_prefetches: Counter,
+    tree_prefetch_bytes: Counter,
+    tree_prefetches_used: Counter,
+    tree_prefetch_used_bytes: Counter,
+    tree_prefetch_queued: Gauge,
 }
 
 static MOUNT: LazyLock<MountMetrics> = LazyLock::new(MountMetrics::new);
@@ -117,6 +122,11 @@ impl MountMetrics {
             task_downloads: Counter::default(),
             task_download_bytes: Gauge::default(),
             spool_bytes: Counter::default(),
+            tree_prefetches: Counter::default(),
+            tree_prefetch_bytes: Counter::default(),
+            tree_prefetches_used: Counter::default(),
+            tree_prefetch_used_bytes: Counter::default(),
+            tree_prefetch_queued: Gauge::default(),
         }
     }
 
@@ -241,6 +251,33 @@ impl MountMetrics {
             Unit::Bytes,
             self.spool_bytes.clone(),
         );
+        r.register(
+            "dfcache_tree_prefetches",
+            "Whole-task downloads of a tree's files started ahead of the programs (--prefetch-trees)",
+            self.tree_prefetches.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_tree_prefetch",
+            "Bytes of the tree files downloaded ahead",
+            Unit::Bytes,
+            self.tree_prefetch_bytes.clone(),
+        );
+        r.register(
+            "dfcache_tree_prefetches_used",
+            "Tree files downloaded ahead that a program then opened or read",
+            self.tree_prefetches_used.clone(),
+        );
+        r.register_with_unit(
+            "dfcache_tree_prefetch_used",
+            "Bytes of the tree files downloaded ahead that a program then opened or read",
+            Unit::Bytes,
+            self.tree_prefetch_used_bytes.clone(),
+        );
+        r.register(
+            "dfcache_tree_prefetch_queued",
+            "Tree files waiting to be downloaded ahead",
+            self.tree_prefetch_queued.clone(),
+        );
     }
 
     /// A FUSE operation answered with `errno` (0: success) after `took`.
@@ -326,5 +363,20 @@ impl MountMetrics {
 
     pub fn spool_written(&self, bytes: u64) {
         self.spool_bytes.inc_by(bytes);
+    }
+
+    pub fn tree_prefetch_started(&self, bytes: u64) {
+        self.tree_prefetches.inc();
+        self.tree_prefetch_bytes.inc_by(bytes);
+    }
+
+    pub fn tree_prefetch_used(&self, bytes: u64) {
+        self.tree_prefetches_used.inc();
+        self.tree_prefetch_used_bytes.inc_by(bytes);
+    }
+
+    pub fn tree_prefetch_queued(&self, files: u64) {
+        self.tree_prefetch_queued
+            .set(i64::try_from(files).unwrap_or(i64::MAX));
     }
 }

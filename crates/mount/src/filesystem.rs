@@ -30,6 +30,7 @@ use crate::read::block_cache::BlockCache;
 use crate::read::drop_behind::{DropBehind, PageCache};
 use crate::read::geometry::TaskGeometry;
 use crate::space;
+use crate::task_files::prefetch::Prefetcher;
 use crate::task_files::TaskFiles;
 use crate::trees::node::TreeNode;
 use dfcache_client::mapping::PathMapper;
@@ -76,6 +77,9 @@ pub struct FsConfig {
     /// Disk bytes for whole-task downloads from a daemon without range
     /// reads (in the spool directory, else the system's temp directory).
     pub task_cache_size: u64,
+    /// With such a daemon, the first open of a file of a tree also starts
+    /// downloading the tree's other files in the background.
+    pub prefetch_trees: bool,
     /// Owner of the mount's own entries (the mounting user by default).
     pub owner: Owner,
     /// Their permission bits.
@@ -98,7 +102,11 @@ pub struct DfcacheFs {
     pub(crate) config: FsConfig,
     pub(crate) inodes: Mutex<Inodes>,
     pub(crate) cache: Arc<BlockCache>,
-    pub(crate) task_files: TaskFiles,
+    pub(crate) task_files: Arc<TaskFiles>,
+    /// Downloads of a tree's files ahead of the programs (`--prefetch-trees`).
+    pub(crate) prefetch: Prefetcher,
+    /// The trees (their root inodes) whose files were queued for prefetch.
+    pub(crate) prefetched_trees: Mutex<HashSet<u64>>,
     pub(crate) block_reads: BlockReads,
     pub(crate) handles: Handles,
     /// Big tasks' pages dropped from the kernel's page cache behind
@@ -125,14 +133,15 @@ impl DfcacheFs {
             .max(1);
         let lru_capacity = config.cache_size.saturating_sub(inflight);
         let cache = Arc::new(BlockCache::new(client.clone(), lru_capacity, inflight));
-        let task_files = TaskFiles::new(
+        let task_files = Arc::new(TaskFiles::new(
             client.clone(),
             config.spool.clone().unwrap_or_else(std::env::temp_dir),
             // A daemon that sees the spool links its files into it.
             config.spool.as_ref().map(|_| config.path_mapping.clone()),
             config.task_cache_size,
             config.fetch_timeout,
-        );
+        ));
+        let prefetch = Prefetcher::new(task_files.clone(), client.clone());
         let block_reads = BlockReads {
             cache: cache.clone(),
             read_ahead: config.read_ahead,
@@ -144,6 +153,8 @@ impl DfcacheFs {
             inodes: Mutex::new(Inodes::default()),
             cache,
             task_files,
+            prefetch,
+            prefetched_trees: Mutex::new(HashSet::new()),
             handles: Handles::default(),
             drop_behind: DropBehind::new(0),
             local: None,

@@ -16,6 +16,10 @@ pub struct OpenFile {
     pub node: Node,
     pub writable: bool,
     pub readahead: Mutex<Readahead>,
+    /// The whole-task download this handle reads (a daemon without range
+    /// reads): marked in use while the handle is open, so the tree
+    /// prefetcher does not evict it.
+    pub reading: Option<crate::task_files::Reading>,
 }
 
 /// How a file was opened, for the kernel.

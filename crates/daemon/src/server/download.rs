@@ -1,6 +1,9 @@
 //! `DownloadPersistentCacheTask`, the RPC today's dfdaemon exports with:
 //! the daemon writes the task to `output_path`, or returns each piece's
-//! content (`need_piece_content`) for the client to place by offset.
+//! content (`need_piece_content`) for the client to place by offset. With
+//! neither, a client asks the daemon to hold the task in its own storage
+//! (`dfcache warmup`): this store holds every task it knows whole, so the
+//! answer is a check, the task's pieces reported without a byte read.
 
 use std::fs::File;
 use std::path::Path;
@@ -107,12 +110,11 @@ pub async fn handle(
             )
             .await?,
         ),
-        None if req.need_piece_content => None,
-        None => {
-            return Err(Status::invalid_argument(
-                "neither output_path nor need_piece_content was given",
-            ))
-        }
+        // No output path: the pieces' content goes back on the stream
+        // (need_piece_content) or, with neither, the caller asks the daemon
+        // to hold the task (`dfcache warmup`). Neither touches a path, so
+        // neither needs the caller's rights to one.
+        None => None,
     };
     let (tx, rx) = feed(PIECES_AHEAD, within);
     let span =

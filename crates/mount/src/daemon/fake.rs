@@ -23,6 +23,7 @@ use super::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Call {
     Stat,
+    StatLocal,
     List,
     Read,
     Write,
@@ -64,6 +65,8 @@ struct State {
     calls: HashMap<Call, u64>,
     /// The range of every read asked, in order.
     read_ranges: Vec<ReadRange>,
+    /// The task of every download asked, in order.
+    downloads: Vec<String>,
     /// No streaming RPCs (a released dfdaemon): reads and writes are
     /// UNIMPLEMENTED, imports go by path, reads by whole-task downloads.
     legacy: bool,
@@ -74,6 +77,11 @@ struct Stored {
     content: Bytes,
     piece_length: u64,
     created_at: SystemTime,
+    /// In this daemon's own storage (false: only its peers have it, and
+    /// a download fetches it).
+    local: bool,
+    /// How a download last marked this daemon's copy.
+    persistent: bool,
 }
 
 /// See the module documentation.
@@ -111,6 +119,29 @@ impl FakeDaemon {
     /// Stores `content` as a task with `options` (a piece length, say).
     pub fn add_task_with(&self, content: &[u8], options: &ImportOptions) -> String {
         self.store(Bytes::copy_from_slice(content), options).task_id
+    }
+
+    /// Stores `content` as a task that only this daemon's peers hold: its
+    /// local stat finds nothing until a download fetches it.
+    pub fn add_remote_task(&self, content: &[u8]) -> String {
+        let id = self.add_task(content);
+        if let Some(task) = self.state().tasks.get_mut(&id) {
+            task.local = false;
+        }
+        id
+    }
+
+    /// Whether this daemon holds the task itself, and marked persistent.
+    pub fn local_copy(&self, task_id: &str) -> Option<(bool, bool)> {
+        self.state()
+            .tasks
+            .get(task_id)
+            .map(|t| (t.local, t.persistent))
+    }
+
+    /// The tasks of the downloads asked so far, in order.
+    pub fn downloads(&self) -> Vec<String> {
+        self.state().downloads.clone()
     }
 
     /// The ranges of the reads asked so far, in order.
@@ -186,6 +217,8 @@ impl FakeDaemon {
             content,
             piece_length,
             created_at: SystemTime::now(),
+            local: true,
+            persistent: true,
         });
         summary
     }
@@ -282,6 +315,22 @@ impl DaemonClient for FakeDaemon {
         Ok(state.tasks.iter().map(|(id, t)| info(id, t)).collect())
     }
 
+    async fn stat_local(&self, task_id: &str) -> ClientResult<Option<LocalCopy>> {
+        let fault = self.begin(Call::StatLocal);
+        self.immediate(&fault, "a local stat").await?;
+        Ok(self
+            .state()
+            .tasks
+            .get(task_id)
+            .filter(|t| t.local)
+            .map(|t| LocalCopy {
+                content_length: Some(t.content.len() as u64),
+                complete: true,
+                persistent: t.persistent,
+                failed: false,
+            }))
+    }
+
     async fn read(&self, task_id: &str, range: ReadRange) -> ClientResult<Box<dyn ChunkStream>> {
         let fault = self.begin(Call::Read);
         self.state().read_ranges.push(range);
@@ -364,30 +413,39 @@ impl DaemonClient for FakeDaemon {
     }
 
     async fn download(&self, task_id: &str) -> ClientResult<Box<dyn PieceSource>> {
-        self.download_pieces(task_id, None).await
+        self.download_pieces(task_id, None, false).await
     }
 
     async fn download_linked(
         &self,
         task_id: &str,
         daemon_path: &Path,
+        persistent: bool,
     ) -> ClientResult<Box<dyn PieceSource>> {
-        self.download_pieces(task_id, Some(daemon_path)).await
+        self.download_pieces(task_id, Some(daemon_path), persistent)
+            .await
     }
 }
 
 impl FakeDaemon {
     /// A download's pieces; with `output`, the content is written there
     /// first (as a daemon's hard link would show it) and the pieces carry
-    /// none.
+    /// none. The daemon holds the task afterwards, marked `persistent` (as
+    /// a released dfdaemon marks its copy at every download).
     async fn download_pieces(
         &self,
         task_id: &str,
         output: Option<&Path>,
+        persistent: bool,
     ) -> ClientResult<Box<dyn PieceSource>> {
         let fault = self.begin(Call::Download);
+        self.state().downloads.push(task_id.to_string());
         self.immediate(&fault, "a download").await?;
         let task = self.stored(task_id)?;
+        if let Some(stored) = self.state().tasks.get_mut(task_id) {
+            stored.local = true;
+            stored.persistent = persistent;
+        }
         if let Some(path) = output {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -408,6 +466,7 @@ impl FakeDaemon {
                     content: output
                         .is_none()
                         .then(|| task.content.slice(offset as usize..end as usize)),
+                    fetched: !task.local,
                 }
             })
             .collect();

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use dfcache_client::{Client, NoProgress, PieceStream, TaskReader};
+use dfcache_client::{Client, Deliver, NoProgress, PieceStream, TaskReader};
 
 use super::*;
 
@@ -45,6 +45,10 @@ impl DaemonClient for Client {
                 created_at: time_of(t.created_at),
             })
             .collect())
+    }
+
+    async fn stat_local(&self, task_id: &str) -> ClientResult<Option<LocalCopy>> {
+        Client::stat_local(self, task_id).await
     }
 
     async fn read(&self, task_id: &str, range: ReadRange) -> ClientResult<Box<dyn ChunkStream>> {
@@ -91,9 +95,10 @@ impl DaemonClient for Client {
         &self,
         task_id: &str,
         daemon_path: &Path,
+        persistent: bool,
     ) -> ClientResult<Box<dyn PieceSource>> {
         Ok(Box::new(
-            self.download_task(task_id, Some(daemon_path), true, false, None)
+            self.hold(task_id, Deliver::LinkedAt(daemon_path), persistent)
                 .await?,
         ))
     }

@@ -74,6 +74,14 @@ impl<C: DaemonClient> DaemonClient for Metered<C> {
         call("ListLocalPersistentCacheTasks", self.inner.list()).await
     }
 
+    async fn stat_local(&self, task_id: &str) -> ClientResult<Option<LocalCopy>> {
+        call(
+            "StatLocalPersistentCacheTask",
+            self.inner.stat_local(task_id),
+        )
+        .await
+    }
+
     async fn read(&self, task_id: &str, range: ReadRange) -> ClientResult<Box<dyn ChunkStream>> {
         call("ReadPersistentCacheTask", self.inner.read(task_id, range)).await
     }
@@ -112,8 +120,9 @@ impl<C: DaemonClient> DaemonClient for Metered<C> {
         &self,
         task_id: &str,
         daemon_path: &Path,
+        persistent: bool,
     ) -> ClientResult<Box<dyn PieceSource>> {
-        let linked = self.inner.download_linked(task_id, daemon_path);
+        let linked = self.inner.download_linked(task_id, daemon_path, persistent);
         call("DownloadPersistentCacheTask", linked).await
     }
 }

@@ -19,8 +19,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 pub use dfcache_client::{
-    ChunkReceiver, ClientError, ClientResult, Code, DownloadedPiece, ImportOptions, ReadRange,
-    WriteSummary,
+    ChunkReceiver, ClientError, ClientResult, Code, DownloadedPiece, ImportOptions, LocalCopy,
+    ReadRange, WriteSummary,
 };
 
 /// A task as the daemon describes it (a stat, or one entry of a listing).
@@ -57,6 +57,8 @@ pub trait DaemonClient: Send + Sync + 'static {
     async fn stat(&self, task_id: &str) -> ClientResult<TaskInfo>;
     /// The daemon's local tasks.
     async fn list(&self) -> ClientResult<Vec<TaskInfo>>;
+    /// The daemon's own copy of a task (None: it holds none).
+    async fn stat_local(&self, task_id: &str) -> ClientResult<Option<LocalCopy>>;
     /// A byte range of a task, streamed.
     async fn read(&self, task_id: &str, range: ReadRange) -> ClientResult<Box<dyn ChunkStream>>;
     /// A new task from the chunks received on `chunks` (closing the channel
@@ -80,10 +82,13 @@ pub trait DaemonClient: Send + Sync + 'static {
     /// The whole task in a file at `daemon_path` (a path as the daemon
     /// sees it, which must not exist): the daemon hard-links its own
     /// content file there, or fails, and reports each piece, without its
-    /// content, once it has landed in that file.
+    /// content, once it has landed in that file. `persistent` is what the
+    /// daemon's copy is to be marked (a released dfdaemon marks it at
+    /// every download: the mount passes what the copy already was).
     async fn download_linked(
         &self,
         task_id: &str,
         daemon_path: &Path,
+        persistent: bool,
     ) -> ClientResult<Box<dyn PieceSource>>;
 }

@@ -80,6 +80,7 @@ impl DfcacheFs {
             node: Node::Import(node.clone()),
             writable: true,
             readahead: Default::default(),
+            reading: None,
         });
         Ok((self.import_attr(&node).await, opened))
     }

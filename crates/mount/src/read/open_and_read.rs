@@ -12,11 +12,12 @@ use crate::error::{Errno, FsResult};
 use crate::filesystem::DfcacheFs;
 use crate::handles::{OpenFile, Opened};
 use crate::import::state::ImportState;
-use crate::inodes::Node;
+use crate::inodes::{Node, TaskNode};
 use crate::passthrough::LocalFile;
 use crate::read::backend::ReadBackend;
 use crate::read::geometry::TaskGeometry;
 use crate::read::readahead::Readahead;
+use crate::task_files::Reading;
 use crate::trees::node::TreeNode;
 
 impl DfcacheFs {
@@ -24,12 +25,20 @@ impl DfcacheFs {
     /// for writing only with O_TRUNC (which starts a new import).
     pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<Opened> {
         let mut node = self.node(ino)?;
+        let mut reading = None;
         match &node {
             Node::Task(_) | Node::Tree(_) if write => return Err(Errno::EACCES),
-            Node::Task(_) => {}
+            Node::Task(task) => reading = self.ready_whole_task(task).await,
             // A tree's file opens as its task: reads are a task's reads.
             Node::Tree(tree) => match &**tree {
-                TreeNode::File(file) => node = Node::Task(self.tree_file_task(file).await?),
+                TreeNode::File(file) => {
+                    let task = self.tree_file_task(file).await?;
+                    reading = self.ready_whole_task(&task).await;
+                    if self.fetches_whole_tasks().await {
+                        self.prefetch_tree_of(file);
+                    }
+                    node = Node::Task(task);
+                }
                 TreeNode::Dir(_) => return Err(Errno::EISDIR),
                 TreeNode::Link(_) => return Err(Errno::ELOOP),
             },
@@ -42,6 +51,7 @@ impl DfcacheFs {
             node,
             writable: write,
             readahead: Default::default(),
+            reading,
         }))
     }
 
@@ -133,13 +143,30 @@ impl DfcacheFs {
             .await
     }
 
+    /// On a daemon without range reads, starts the task's whole-task
+    /// download at its open; a task the daemon holds whole lands within
+    /// the open, so the open already finds it local (and passes through).
+    async fn ready_whole_task(&self, task: &TaskNode) -> Option<Reading> {
+        if self.local.is_none() && self.fetches_whole_tasks().await {
+            self.task_files.open(&task.geometry).await
+        } else {
+            None
+        }
+    }
+
+    /// Whether reads come from whole-task downloads (a daemon without
+    /// range reads that answered).
+    pub(crate) async fn fetches_whole_tasks(&self) -> bool {
+        matches!(self.client.streams().await, Ok(false))
+    }
+
     /// Where reads come from: range reads through the block cache, or (a
     /// daemon without them) whole-task downloads.
     pub(crate) async fn read_backend(&self) -> FsResult<&dyn ReadBackend> {
         Ok(if self.client.streams().await? {
             &self.block_reads
         } else {
-            &self.task_files
+            self.task_files.as_ref()
         })
     }
 }

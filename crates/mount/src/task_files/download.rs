@@ -1,6 +1,12 @@
 //! One whole-task download, run to its end on the runtime: linked (the
 //! daemon hard-links its content file into the spool and reports pieces)
 //! or with content (pieces arrive over the socket and are written here).
+//!
+//! A linked download first asks whether the daemon holds the whole task
+//! (`StatLocalPersistentCacheTask`): an open waits for such a task to
+//! land, and the download keeps the daemon's copy marked as it was
+//! (persistent or not), since a released dfdaemon marks its copy anew at
+//! every download.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -8,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::Download;
@@ -44,6 +51,8 @@ pub struct Job {
     /// Weak: evicting the download drops it (and aborts this job).
     pub download: Weak<Download>,
     pub task: TaskGeometry,
+    /// Told when the job ends, however it ends.
+    pub ended: Arc<Notify>,
 }
 
 /// Why a linked download did not happen.
@@ -55,6 +64,11 @@ enum Failure {
 
 impl Job {
     pub async fn run(self, way: Way, link_failed: Arc<AtomicBool>) {
+        self.finish(way, link_failed).await;
+        self.ended.notify_one();
+    }
+
+    async fn finish(&self, way: Way, link_failed: Arc<AtomicBool>) {
         let result = match way {
             Way::Linked(mapper) => match self.linked(&mapper).await {
                 Ok(()) => Ok(()),
@@ -68,10 +82,15 @@ impl Job {
                              whole-task downloads carry piece content over the socket from now on"
                         );
                     }
+                    // Content crosses the socket: no open waits for it.
+                    self.held_by_daemon(false);
                     self.content().await
                 }
             },
-            Way::Content => self.content().await,
+            Way::Content => {
+                self.held_by_daemon(false);
+                self.content().await
+            }
         };
         match result {
             Ok(()) => info!("whole task downloaded"),
@@ -88,6 +107,29 @@ impl Job {
         }
     }
 
+    /// Records whether the daemon held the whole task before this download.
+    fn held_by_daemon(&self, held: bool) {
+        if let Some(download) = self.download.upgrade() {
+            download
+                .progress
+                .send_modify(|landed| landed.daemon_held = Some(held));
+        }
+    }
+
+    /// The daemon's copy: whether it is whole, and how it is marked. A
+    /// daemon that cannot say is taken to hold none (the download fetches
+    /// what it lacks either way).
+    async fn daemon_copy(&self) -> (bool, bool) {
+        match self.client.stat_local(&self.task.id).await {
+            Ok(Some(copy)) => (copy.complete, copy.persistent),
+            Ok(None) => (false, false),
+            Err(e) => {
+                debug!(error = %e, "cannot ask whether the daemon holds the task");
+                (false, false)
+            }
+        }
+    }
+
     /// The daemon links its content file to a name in the spool; the file
     /// is opened read-only (the mount never writes the daemon's file) and
     /// the name removed at once.
@@ -95,9 +137,11 @@ impl Job {
         let name = DownloadName::new(&self.dir);
         let daemon_path = daemon_path(&self.dir, name.file_name(), mapper)
             .map_err(|e| Failure::CannotLink(ClientError::io("map the spool", e)))?;
+        let (held, persistent) = self.daemon_copy().await;
+        self.held_by_daemon(held);
         let mut pieces = self
             .client
-            .download_linked(&self.task.id, &daemon_path)
+            .download_linked(&self.task.id, &daemon_path, persistent)
             .await
             .map_err(cannot_link_or_failed)?;
         let mut opened = false;

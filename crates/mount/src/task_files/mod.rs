@@ -18,20 +18,27 @@
 //! a name left by a crash is removed at the next start (its pid is in it).
 //! Their total size is bounded: the least recently used task is evicted
 //! whole (a download being waited on lives until its readers are done).
+//!
+//! A task the daemon already holds whole is linked and complete within a
+//! round trip or two: `open` waits for that, so the first open of such a
+//! task already finds a local file (and passes through to it). The tree
+//! prefetcher (`prefetch.rs`) starts downloads of its own here, into room
+//! no program needs.
 
 mod download;
+pub mod prefetch;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use lru::LruCache;
-use tokio::sync::watch;
-use tracing::{info, Instrument};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, Instrument};
 
 use crate::daemon::DaemonClient;
 use crate::error::{Errno, FsError, FsResult};
@@ -52,6 +59,11 @@ pub struct TaskFiles {
     /// Set once the daemon failed to link: later downloads carry content.
     link_failed: Arc<AtomicBool>,
     state: Mutex<State>,
+    /// Programs waiting for pieces that have not landed yet.
+    waiting: AtomicUsize,
+    /// Told when a download ends, a program stops waiting, or a program
+    /// uses a prefetched download: what the prefetcher waits for.
+    changed: Arc<Notify>,
 }
 
 struct State {
@@ -66,6 +78,12 @@ struct Download {
     geometry: TaskGeometry,
     progress: watch::Sender<Landed>,
     task: OnceLock<tokio::task::AbortHandle>,
+    /// Started by the prefetcher, not by a program.
+    prefetched: bool,
+    /// A program opened or read it.
+    used: AtomicBool,
+    /// Open handles reading it.
+    readers: AtomicUsize,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +91,9 @@ struct Landed {
     pieces: Vec<bool>,
     /// Set when the download failed; readers of missing pieces get it.
     failed: Option<Errno>,
+    /// Whether the daemon held the whole task before this download
+    /// (None: not known yet). A held task lands at once.
+    daemon_held: Option<bool>,
 }
 
 impl Landed {
@@ -83,6 +104,72 @@ impl Landed {
     fn complete(&self) -> bool {
         self.pieces.iter().all(|&p| p)
     }
+
+    /// Whether an open has nothing more to wait for: the download failed,
+    /// the daemon did not hold the task, or it did and it has landed.
+    fn settled(&self) -> bool {
+        self.failed.is_some()
+            || match self.daemon_held {
+                Some(true) => self.complete(),
+                Some(false) => true,
+                None => false,
+            }
+    }
+}
+
+impl Download {
+    fn in_flight(&self) -> bool {
+        let landed = self.progress.borrow();
+        landed.failed.is_none() && !landed.complete()
+    }
+
+    /// Failed, or complete, used by a program and open in none: room a
+    /// prefetch may take.
+    fn done_with(&self) -> bool {
+        let landed = self.progress.borrow();
+        landed.failed.is_some()
+            || (landed.complete()
+                && self.used.load(Ordering::Relaxed)
+                && self.readers.load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// A download held in use by an open handle, until the handle is released.
+pub struct Reading {
+    download: std::sync::Weak<Download>,
+    changed: Arc<Notify>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if let Some(download) = self.download.upgrade() {
+            if download.readers.fetch_sub(1, Ordering::Relaxed) == 1 {
+                // Perhaps room for a prefetch now.
+                self.changed.notify_one();
+            }
+        }
+    }
+}
+
+/// Who wants a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// A program opened or read the task.
+    Program,
+    /// The tree prefetcher.
+    Prefetch,
+}
+
+/// What [`TaskFiles::prefetch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    Started,
+    /// The task is downloaded or being downloaded already.
+    AlreadyThere,
+    /// Larger than --task-cache-size: never downloaded ahead.
+    TooLarge,
+    /// No room without evicting what a program may still need.
+    NoRoom,
 }
 
 impl Drop for Download {
@@ -114,7 +201,50 @@ impl TaskFiles {
                 downloads: LruCache::unbounded(),
                 bytes: 0,
             }),
+            waiting: AtomicUsize::new(0),
+            changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Readies the task for a program that opened it: its download starts
+    /// (if it has not), and when the daemon holds the whole task this
+    /// waits, at most the stall timeout, until it has landed, so the open
+    /// finds a local file. Errors are the reads' to report. The download
+    /// is in use while the returned `Reading` lives.
+    pub async fn open(&self, task: &TaskGeometry) -> Option<Reading> {
+        if task.content_length == 0 {
+            return None;
+        }
+        let download = match self.get_or_start(task, Want::Program) {
+            Ok(download) => download,
+            Err(e) => {
+                debug!(task_id = %task.id, error = %e, "no download at open");
+                return None;
+            }
+        };
+        download.readers.fetch_add(1, Ordering::Relaxed);
+        let reading = Reading {
+            download: Arc::downgrade(&download),
+            changed: self.changed.clone(),
+        };
+        let mut rx = download.progress.subscribe();
+        let settled = async {
+            loop {
+                if rx.borrow_and_update().settled() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(self.stall_timeout, settled)
+            .await
+            .is_err()
+        {
+            debug!(task_id = %task.id, "the download was not settled at open; reads wait for it");
+        }
+        Some(reading)
     }
 
     /// The bytes `offset..end` of `task`, once the pieces holding them
@@ -122,7 +252,7 @@ impl TaskFiles {
     pub async fn read(&self, task: &TaskGeometry, offset: u64, end: u64) -> FsResult<Bytes> {
         let piece_length = task.piece_length.max(1);
         let (first, last) = (offset / piece_length, (end - 1) / piece_length);
-        let download = self.get_or_start(task)?;
+        let download = self.get_or_start(task, Want::Program)?;
         self.wait_for(&download, first, last).await?;
         read_at(download, offset, end - offset).await
     }
@@ -142,6 +272,10 @@ impl TaskFiles {
     /// failed or made no progress for `stall_timeout`.
     async fn wait_for(&self, download: &Download, first: u64, last: u64) -> FsResult<()> {
         let mut rx = download.progress.subscribe();
+        if rx.borrow_and_update().covers(first, last) {
+            return Ok(());
+        }
+        let _waiting = Waiting::new(self);
         loop {
             {
                 let landed = rx.borrow_and_update();
@@ -166,12 +300,15 @@ impl TaskFiles {
         }
     }
 
-    fn get_or_start(&self, task: &TaskGeometry) -> FsResult<Arc<Download>> {
+    fn get_or_start(&self, task: &TaskGeometry, want: Want) -> FsResult<Arc<Download>> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(download) = state.downloads.get(&task.id) {
             let failed = download.progress.borrow().failed.is_some();
             if !failed {
-                return Ok(download.clone());
+                let download = download.clone();
+                drop(state);
+                self.used(&download);
+                return Ok(download);
             }
             // A failed download is tried again by the next reader.
             if let Some(old) = state.downloads.pop(&task.id) {
@@ -193,23 +330,117 @@ impl TaskFiles {
                 None => break,
             }
         }
-        let download = self.start(task);
+        let download = self.start(task, want);
         state.bytes += task.content_length;
         state.downloads.put(task.id.clone(), download.clone());
         dfcache_metrics::mount().task_downloads_hold(state.bytes);
         Ok(download)
     }
 
-    fn start(&self, task: &TaskGeometry) -> Arc<Download> {
+    /// A program opened or read `download`: a prefetched one is counted as
+    /// used once, and the prefetcher told (once complete, it is room).
+    fn used(&self, download: &Download) {
+        if !download.used.swap(true, Ordering::Relaxed) && download.prefetched {
+            dfcache_metrics::mount().tree_prefetch_used(download.geometry.content_length);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Starts a download for the tree prefetcher, only into room no
+    /// program needs: free space, or downloads that are complete and a
+    /// program has read (least recently used first). It evicts nothing
+    /// when that is not enough.
+    pub fn prefetch(&self, task: &TaskGeometry) -> Prefetch {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(download) = state.downloads.peek(&task.id) {
+            if download.progress.borrow().failed.is_none() {
+                return Prefetch::AlreadyThere;
+            }
+        }
+        if task.content_length > self.capacity {
+            return Prefetch::TooLarge;
+        }
+        let need = (state.bytes + task.content_length).saturating_sub(self.capacity);
+        if need > 0 {
+            let mut victims = vec![];
+            let mut freed = 0;
+            // Least recently used first.
+            for (id, download) in state.downloads.iter().rev() {
+                if freed >= need {
+                    break;
+                }
+                if download.done_with() {
+                    victims.push(id.clone());
+                    freed += download.geometry.content_length;
+                }
+            }
+            if freed < need {
+                return Prefetch::NoRoom;
+            }
+            for id in victims {
+                if let Some(old) = state.downloads.pop(&id) {
+                    debug!(task_id = %id, "evicting a downloaded task to prefetch another");
+                    state.bytes -= old.geometry.content_length;
+                }
+            }
+        }
+        let download = self.start(task, Want::Prefetch);
+        state.bytes += task.content_length;
+        state.downloads.put(task.id.clone(), download);
+        dfcache_metrics::mount().task_downloads_hold(state.bytes);
+        dfcache_metrics::mount().tree_prefetch_started(task.content_length);
+        Prefetch::Started
+    }
+
+    /// Whether a download of the task is under way or done.
+    pub fn has(&self, task_id: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .downloads
+            .peek(task_id)
+            .is_some_and(|d| d.progress.borrow().failed.is_none())
+    }
+
+    /// Whether the prefetcher may start a download now: no program waits
+    /// for a piece, no download a program uses is under way, and fewer
+    /// than `at_once` prefetched ones are.
+    pub fn may_prefetch(&self, at_once: usize) -> bool {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut prefetching = 0;
+        for (_, download) in state.downloads.iter() {
+            if !download.in_flight() {
+                continue;
+            }
+            if download.used.load(Ordering::Relaxed) {
+                return false;
+            }
+            prefetching += 1;
+        }
+        prefetching < at_once
+    }
+
+    /// What the prefetcher waits on.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    fn start(&self, task: &TaskGeometry, want: Want) -> Arc<Download> {
         let (progress, _) = watch::channel(Landed {
             pieces: vec![false; task.piece_count() as usize],
             failed: None,
+            daemon_held: None,
         });
         let download = Arc::new(Download {
             file: OnceLock::new(),
             geometry: task.clone(),
             progress,
             task: OnceLock::new(),
+            prefetched: want == Want::Prefetch,
+            used: AtomicBool::new(want == Want::Program),
+            readers: AtomicUsize::new(0),
         });
         let way = match &self.link {
             Some(mapper) if !self.link_failed.load(Ordering::Relaxed) => {
@@ -222,12 +453,33 @@ impl TaskFiles {
             dir: self.dir.clone(),
             download: Arc::downgrade(&download),
             task: task.clone(),
+            ended: self.changed.clone(),
         };
-        let span = tracing::info_span!("download", task_id = %task.id);
+        let span =
+            tracing::info_span!("download", task_id = %task.id, prefetch = download.prefetched);
         dfcache_metrics::mount().task_download_started();
         let handle = tokio::spawn(job.run(way, self.link_failed.clone()).instrument(span));
         let _ = download.task.set(handle.abort_handle());
         download
+    }
+}
+
+/// A program waiting for pieces, counted while it waits; the prefetcher
+/// is told when it stops.
+struct Waiting<'a>(&'a TaskFiles);
+
+impl<'a> Waiting<'a> {
+    fn new(files: &'a TaskFiles) -> Self {
+        files.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(files)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.changed.notify_one();
+        }
     }
 }
 

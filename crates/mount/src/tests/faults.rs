@@ -159,8 +159,9 @@ async fn whole_task_download_faults_give_their_errno() {
         let data = bytes(9 * MIB, 15);
         let id = fake.add_task(&data);
         let fs = mounted(&fake);
-        let fh = open_task(&fs, &id).await;
+        // The whole-task download starts at the open.
         fake.inject(Call::Download, fault.clone());
+        let fh = open_task(&fs, &id).await;
         // The last piece is where a short one shows.
         assert_eq!(fs.read(fh, 8 * MIB, 4096).await, Err(errno), "{fault:?}");
     }

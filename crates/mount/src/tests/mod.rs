@@ -7,6 +7,7 @@ mod blocks;
 mod faults;
 mod imports;
 mod local_files;
+mod prefetch;
 mod reads;
 
 use std::ffi::OsString;
@@ -42,6 +43,7 @@ fn config() -> FsConfig {
         import_memory: dfcache_budget::MemoryBudget::new(64 * MIB),
         negative_ttl: Duration::from_secs(5),
         task_cache_size: 1 << 30,
+        prefetch_trees: true,
         owner: Owner { uid: 0, gid: 0 },
         modes: Modes::default(),
     }

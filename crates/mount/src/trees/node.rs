@@ -28,6 +28,8 @@ pub struct TreeDir {
 
 pub struct TreeFile {
     pub ino: u64,
+    /// The inode of its tree's root directory.
+    pub root: u64,
     pub mode: u16,
     pub size: u64,
     pub task_id: String,
@@ -64,11 +66,14 @@ pub fn build(
     let mut out = vec![];
     let root = allocate();
     add_dir(
-        root,
-        parent,
-        0o555,
+        &Dir {
+            ino: root,
+            parent,
+            mode: 0o555,
+            root,
+            created,
+        },
         &manifest.entries,
-        created,
         allocate,
         &mut out,
     );
@@ -77,12 +82,18 @@ pub fn build(
     out
 }
 
-fn add_dir(
+/// A directory being built.
+struct Dir {
     ino: u64,
     parent: u64,
     mode: u16,
-    entries: &[tree::Entry],
+    root: u64,
     created: SystemTime,
+}
+
+fn add_dir(
+    dir: &Dir,
+    entries: &[tree::Entry],
     allocate: &mut impl FnMut() -> u64,
     out: &mut Vec<Arc<TreeNode>>,
 ) {
@@ -93,31 +104,31 @@ fn add_dir(
             tree::Kind::File { size, task_id } => {
                 out.push(Arc::new(TreeNode::File(TreeFile {
                     ino: child,
+                    root: dir.root,
                     mode: entry.mode as u16,
                     size: *size,
                     task_id: task_id.clone(),
-                    created,
+                    created: dir.created,
                     task: Mutex::new(None),
                 })));
                 Kind::File
             }
             tree::Kind::Directory { entries } => {
-                add_dir(
-                    child,
-                    ino,
-                    entry.mode as u16,
-                    entries,
-                    created,
-                    allocate,
-                    out,
-                );
+                let sub = Dir {
+                    ino: child,
+                    parent: dir.ino,
+                    mode: entry.mode as u16,
+                    root: dir.root,
+                    created: dir.created,
+                };
+                add_dir(&sub, entries, allocate, out);
                 Kind::Directory
             }
             tree::Kind::Symlink { target } => {
                 out.push(Arc::new(TreeNode::Link(TreeLink {
                     ino: child,
                     target: target.into(),
-                    created,
+                    created: dir.created,
                 })));
                 Kind::Symlink
             }
@@ -125,10 +136,10 @@ fn add_dir(
         children.insert(OsString::from(&entry.name), (child, kind));
     }
     out.push(Arc::new(TreeNode::Dir(TreeDir {
-        ino,
-        parent,
-        mode,
-        created,
+        ino: dir.ino,
+        parent: dir.parent,
+        mode: dir.mode,
+        created: dir.created,
         children,
     })));
 }
