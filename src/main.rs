@@ -56,6 +56,7 @@ fn main() -> std::process::ExitCode {
             Command::Stat(args) => cli::stat::run(global, args).await,
             Command::Ls(args) => cli::ls::run(global, args).await,
             Command::Rm(args) => cli::rm::run(global, args).await,
+            Command::Warmup(args) => cli::warmup::run(global, args).await,
             Command::Serve(args) => cli::serve::run(args).await,
             Command::Mount(args) => cli::mount::run(global, args).await,
             Command::Csi(args) => cli::csi::run(args).await,

@@ -15,6 +15,9 @@ pub mod serve;
 pub mod stat;
 pub mod tree;
 mod tree_fetch;
+pub mod warmup;
+mod warmup_check;
+mod warmup_fetch;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +48,9 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Delete a task.
     Rm(rm::RmArgs),
+    /// Have the daemon hold tasks (or trees, -r) locally, fetched through its
+    /// P2P network, before the programs that read them start.
+    Warmup(warmup::WarmupArgs),
     /// Run the embedded single-node daemon.
     Serve(serve::ServeArgs),
     /// Mount tasks/ and import/ at a directory (stays in the foreground).

@@ -27,6 +27,11 @@ impl Bar {
     pub fn finish(&self) {
         self.0.finish_and_clear();
     }
+
+    /// Adds `bytes` to the total (a task whose size is learnt on the way).
+    pub fn grow_total(&self, bytes: u64) {
+        self.0.inc_length(bytes);
+    }
 }
 
 impl Progress for Bar {

@@ -312,7 +312,9 @@ pub async fn export(global: &GlobalArgs, args: &ExportArgs) -> anyhow::Result<()
     let result = with_timeout(
         args.timeout,
         async {
-            let bytes = super::tree_fetch::manifest_bytes(&client, &args.id).await?;
+            // Not persistent: an export leaves the node's copy to the
+            // daemon's eviction, as upstream's export does.
+            let bytes = super::tree_fetch::manifest_bytes(&client, &args.id, false).await?;
             let manifest = Manifest::parse(&bytes, &Limits::default())
                 .with_context(|| format!("task {} is not a tree manifest", args.id))?;
             let files = manifest.files();

@@ -4,12 +4,18 @@
 
 use anyhow::bail;
 
-use dfcache_client::Client;
+use dfcache_client::{Client, Deliver};
 use dfcache_wire::tree::Limits;
 
-pub async fn manifest_bytes(client: &Client, id: &str) -> anyhow::Result<Vec<u8>> {
+/// The manifest's bytes. A released dfdaemon holds the manifest afterwards
+/// and marks its copy `persistent` or not (see `Client::hold`).
+pub async fn manifest_bytes(
+    client: &Client,
+    id: &str,
+    persistent: bool,
+) -> anyhow::Result<Vec<u8>> {
     let limit = Limits::default().max_manifest_bytes as u64;
-    let mut pieces = client.download_task(id, None, false, false, None).await?;
+    let mut pieces = client.hold(id, Deliver::Content, persistent).await?;
     let mut bytes: Option<Vec<u8>> = None;
     let mut received = 0u64;
     while let Some(piece) = pieces.next_piece().await? {
