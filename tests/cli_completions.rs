@@ -48,6 +48,7 @@ fn bash_completes_subcommands_and_their_flags() {
         "stat",
         "ls",
         "rm",
+        "warmup",
         "serve",
         "mount",
         "completions",
@@ -58,7 +59,12 @@ fn bash_completes_subcommands_and_their_flags() {
         );
     }
     let mount_flags = bash_completes(&["dfcache", "mount", "--"]);
-    for want in ["--cache-size", "--allow-other", "--spool"] {
+    for want in [
+        "--cache-size",
+        "--allow-other",
+        "--spool",
+        "--prefetch-trees",
+    ] {
         assert!(
             mount_flags.iter().any(|c| c == want),
             "{want} missing: {mount_flags:?}"
@@ -79,7 +85,9 @@ fn zsh_and_fish_scripts_name_every_subcommand() {
     assert!(zsh.starts_with("#compdef dfcache"), "{zsh}");
     let fish = script("fish");
     assert!(fish.contains("complete -c dfcache"), "{fish}");
-    for sub in ["import", "export", "stat", "ls", "rm", "serve", "mount"] {
+    for sub in [
+        "import", "export", "stat", "ls", "rm", "warmup", "serve", "mount",
+    ] {
         assert!(zsh.contains(&format!("'{sub}:")), "zsh lacks {sub}");
         assert!(fish.contains(&format!("-a \"{sub}\"")), "fish lacks {sub}");
     }

@@ -122,3 +122,31 @@ fn a_memory_budget_below_16mib_or_a_zero_progress_timeout_is_refused_and_nothing
         "nothing was started"
     );
 }
+
+#[test]
+fn warmup_and_prefetch_flags_are_checked_before_any_daemon_call() {
+    let root = tempdir();
+    let missing = root.path().join("no.sock");
+    let id = "a".repeat(64);
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["warmup", "--concurrency", "0", &id],
+            "not a number of tasks from 1 to 64",
+        ),
+        (
+            &["warmup", "--retries", "many", &id],
+            "invalid value 'many'",
+        ),
+        (&["warmup", "--timeout", "90", &id], "is not a duration"),
+        (
+            &["mount", "/nonexistent/mnt", "--prefetch-trees", "maybe"],
+            "\"maybe\" is not one of: on, off",
+        ),
+    ];
+    for (args, why) in cases {
+        let err = failure(&common::cli(&missing, args));
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(!err.contains("cannot reach the daemon"), "{args:?}: {err}");
+    }
+    assert!(!std::path::Path::new("/nonexistent").exists());
+}

@@ -88,7 +88,7 @@ pub struct MountArgs {
     /// On a daemon without range reads, the first open of a file under
     /// trees/<id>/ also starts downloading the tree's other files in the
     /// background (within --task-cache-size, after what programs wait for).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, env = "DFCACHE_PREFETCH_TREES")]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set, env = "DFCACHE_PREFETCH_TREES")]
     pub prefetch_trees: bool,
     /// Threads reading kernel requests.
     #[arg(long, default_value_t = 2)]

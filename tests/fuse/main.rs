@@ -20,5 +20,6 @@ mod misc;
 mod passthrough;
 mod read;
 mod scale;
+mod tree_prefetch;
 mod trees;
 mod unprivileged;

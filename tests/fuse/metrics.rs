@@ -9,14 +9,14 @@ use crate::common::*;
 use crate::harness::*;
 
 /// A free TCP port on localhost (bound, read, released).
-fn free_addr() -> String {
+pub(crate) fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     let port = listener.local_addr().expect("local address").port();
     format!("127.0.0.1:{port}")
 }
 
 /// `curl http://addr/metrics`, as sample line key ("name{labels}") to value.
-fn scrape(addr: &str) -> HashMap<String, f64> {
+pub(crate) fn scrape(addr: &str) -> HashMap<String, f64> {
     let text = sh_ok(&format!("curl -sSf --max-time 10 http://{addr}/metrics"));
     assert!(text.ends_with("# EOF"), "not OpenMetrics text:\n{text}");
     text.lines()
@@ -31,7 +31,7 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
     after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
 }
 
-fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
     *samples
         .get(key)
         .unwrap_or_else(|| panic!("{key} not exposed; got {:?}", samples.keys()))
@@ -226,4 +226,11 @@ fn against_a_released_daemon_spooled_imports_and_whole_task_downloads_are_counte
         1.0
     );
     assert_eq!(moved("dfcache_block_cache_misses_total"), 0.0);
+    // Asked at the open whether the daemon holds the task: it does, so
+    // the open waited for the link and passed through.
+    assert_eq!(
+        moved(r#"dfcache_daemon_calls_total{rpc="StatLocalPersistentCacheTask",code="OK"}"#),
+        1.0
+    );
+    assert_eq!(moved("dfcache_fuse_passthrough_opens_total"), 1.0);
 }

@@ -209,9 +209,15 @@ fn a_released_dfdaemon_links_its_file_for_the_mount_which_never_writes_it_and_la
 
     let spool = root.path().join("spool");
     let m = Mounted::on(&daemon, root.path(), &["--spool", spool.to_str().unwrap()]);
-    // The first open reads through the mount, from the linked file, as
-    // its pieces are reported.
+    // The daemon holds the task: it is linked and complete within the
+    // first open, which already passes through.
+    let before = rchar(m.pid());
     sh_ok(&format!("cmp {} {}", q(&src), q(&m.task(&id))));
+    let first = rchar(m.pid()) - before;
+    assert!(
+        first < size / 64,
+        "the first open's reads crossed the mount: {first} bytes"
+    );
     // The mount holds the daemon's file read-only, under no name.
     let modes = access_modes_of_fds_on(m.pid(), &content);
     assert!(
@@ -225,7 +231,7 @@ fn a_released_dfdaemon_links_its_file_for_the_mount_which_never_writes_it_and_la
     assert_eq!(ls(&spool), "", "a download name is left in the spool");
     assert_eq!(nlink(&content), links_before);
 
-    // The download is complete: later opens pass through to the file.
+    // Later opens pass through to the file too.
     let through = mount_bytes_read_every_way(&m, &m.task(&id), &src);
     assert!(through < size / 64, "the mount read {through} bytes");
 
