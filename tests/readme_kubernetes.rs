@@ -4,15 +4,17 @@
 //! says; the dfdaemon socket directory is a hostPath mounted
 //! where DFCACHE_ENDPOINT points; every DFCACHE_PATH_MAPPING entry maps a
 //! mounted volume's mountPath to that volume's hostPath; the node
-//! DaemonSet unmounts in preStop and probes its mount point; the
-//! Dockerfile is multi-stage with fusermount3 in the final image; the
+//! DaemonSet unmounts in preStop and probes its mount point; a warm-up
+//! runs as an init container on the node's dfdaemon; the Dockerfile is
+//! multi-stage with fusermount3 in the final image; the
 //! systemd unit unmounts on stop, restarts on failure and passes
 //! `systemd-analyze verify`. The CSI driver object is what inline
 //! volumes need; the plugin's socket is where the registrar tells kubelet;
 //! a pod reading through the driver has no hostPath and no privileges; the
 //! sidecar is a native sidecar gated on its mount. Every dfcache flag the
-//! files use exists, and so does every variable a mount is given; a
-//! mount's memory limit leaves room for its cache and memory budget.
+//! files use exists (`mount`'s, `csi`'s and `warmup`'s), and so does every
+//! variable a mount is given; a mount's memory limit leaves room for its
+//! cache and memory budget.
 //! (tests/fuse/deploy_probes.rs runs the probe and the preStop hook
 //! against real mounts.)
 
@@ -29,7 +31,7 @@ root = sys.argv[1]
 guide = open(os.path.join(root, "docs", "KUBERNETES.md")).read()
 kdir = os.path.join(root, "deploy", "kubernetes")
 expected = {"cli-pod.yaml": "Pod", "sidecar-pod.yaml": "Pod", "node-daemonset.yaml": "DaemonSet",
-            "csi-driver.yaml": "CSIDriver", "model-pod.yaml": "Pod"}
+            "csi-driver.yaml": "CSIDriver", "model-pod.yaml": "Pod", "warmup-pod.yaml": "Pod"}
 DRIVER = "dfcache.d7y.io"
 assert sorted(os.listdir(kdir)) == sorted(expected), os.listdir(kdir)
 plugins = 0
@@ -47,6 +49,7 @@ for name, kind in sorted(expected.items()):
     spec = doc["spec"]["template"]["spec"] if kind == "DaemonSet" else doc["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     containers = spec.get("initContainers", []) + spec["containers"]
+    inits = [c["name"] for c in spec.get("initContainers", [])]
     for c in containers:
         env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
         mounts = {m["mountPath"]: (volumes[m["name"]], m) for m in c.get("volumeMounts", [])}
@@ -58,6 +61,13 @@ for name, kind in sorted(expected.items()):
             assert container in mounts, (name, c["name"], container, "is not a mounted volume")
             assert mounts[container][0]["hostPath"]["path"] == host, (name, c["name"], entry)
         command = c.get("command", [])
+        if command[:2] == ["dfcache", "warmup"]:
+            # Before the app: an init container, on the node's dfdaemon.
+            assert c["name"] in inits and "DFCACHE_ENDPOINT" in env, (name, c["name"])
+            for arg in command:
+                if arg.startswith("--"):
+                    print("warmup-flag", arg)
+            continue
         if command[:2] == ["dfcache", "csi"]:
             # The plugin: its socket where the registrar tells kubelet it
             # is, kubelet's pods shared both ways, the node's mount seen.
@@ -148,23 +158,27 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// `dfcache mount --help`: every flag a file uses must be in it.
-fn mount_help() -> String {
+/// `dfcache SUBCOMMAND --help`: every flag a file uses must be in it.
+fn help(subcommand: &str) -> String {
     let out = Command::new(bin())
-        .args(["mount", "--help"])
+        .args([subcommand, "--help"])
         .output()
-        .expect("run dfcache mount --help");
-    succeeded(&out, "dfcache mount --help")
+        .expect("run dfcache --help");
+    succeeded(&out, format!("dfcache {subcommand} --help"))
 }
 
-fn assert_mount_flags_exist(flags: &[&str], what: &str) {
-    let help = mount_help();
+fn assert_flags_exist(subcommand: &str, flags: &[&str], what: &str) {
+    let help = help(subcommand);
     for flag in flags {
         assert!(
             help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
-            "{what} uses {flag}, which `dfcache mount` does not have"
+            "{what} uses {flag}, which `dfcache {subcommand}` does not have"
         );
     }
+}
+
+fn assert_mount_flags_exist(flags: &[&str], what: &str) {
+    assert_flags_exist("mount", flags, what);
 }
 
 #[test]
@@ -176,7 +190,7 @@ fn the_kubernetes_manifests_parse_are_consistent_and_use_real_flags() {
         .output()
         .expect("run python3");
     let stdout = succeeded(&out, "the manifest check");
-    assert!(stdout.ends_with("checked 5 manifests"), "{stdout}");
+    assert!(stdout.ends_with("checked 6 manifests"), "{stdout}");
     let flags: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("mount-flag "))
@@ -188,28 +202,28 @@ fn the_kubernetes_manifests_parse_are_consistent_and_use_real_flags() {
         .filter_map(|l| l.strip_prefix("csi-flag "))
         .collect();
     assert!(csi_flags.contains(&"--csi-endpoint"), "{csi_flags:?}");
-    let help = succeeded(
-        &Command::new(bin())
-            .args(["csi", "--help"])
-            .output()
-            .expect("run dfcache csi --help"),
-        "dfcache csi --help",
-    );
+    let warmup_flags: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("warmup-flag "))
+        .collect();
+    assert!(warmup_flags.contains(&"--recursive"), "{warmup_flags:?}");
+    assert_flags_exist("warmup", &warmup_flags, "a manifest");
+    let csi_help = help("csi");
     for flag in csi_flags {
         assert!(
-            help.contains(&format!("{flag} ")),
+            csi_help.contains(&format!("{flag} ")),
             "a manifest uses {flag}, which `dfcache csi` does not have"
         );
     }
     // Every variable a mount is given is one `dfcache mount` reads.
-    let help = mount_help();
+    let mount_help = help("mount");
     for var in stdout
         .lines()
         .filter_map(|l| l.strip_prefix("mount-env "))
         .flat_map(str::split_whitespace)
     {
         assert!(
-            help.contains(&format!("env: {var}=")),
+            mount_help.contains(&format!("env: {var}=")),
             "a manifest sets {var}, which `dfcache mount` does not read"
         );
     }

@@ -7,6 +7,7 @@ pub mod ext4;
 pub mod inproc;
 pub mod ns;
 pub mod tree;
+pub mod upstream;
 pub mod user;
 
 use std::io::Write;
