@@ -35,8 +35,9 @@ pub struct ServeArgs {
     /// streaming without dfcache's extensions). For compatibility tests.
     #[arg(long, value_parser = ["2.1.12"], hide = true)]
     pub emulate_api: Option<String>,
-    /// With --legacy: deliver export pieces in order, each after this
-    /// delay (a slow P2P download). For tests.
+    /// With --legacy: deliver download pieces in order, each after this
+    /// delay (a slow P2P download of a task this node does not hold: its
+    /// local stat finds none). For tests.
     #[arg(long, value_parser = parse_timeout, requires = "legacy", hide = true)]
     pub legacy_piece_delay: Option<Duration>,
     /// Imports stored at once; more wait their turn (backpressure).

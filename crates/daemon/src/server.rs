@@ -44,7 +44,8 @@ pub struct ServeOptions {
     /// Which published daemon to behave like.
     pub emulate: Emulation,
     /// Legacy only: deliver download pieces in order, each after this
-    /// delay, instead of out of order (a slow in-order P2P download).
+    /// delay, instead of out of order (a slow in-order P2P download, of a
+    /// task the node does not hold: local stats find none).
     pub legacy_piece_delay: Option<Duration>,
     /// Shortest TTL a client may ask for: 5 minutes, as upstream dfcache.
     /// Only tests lower it (an expiry test cannot wait five minutes).
@@ -420,9 +421,15 @@ impl DfdaemonDownload for Daemon {
         request: Request<StatLocalPersistentCacheTaskRequest>,
     ) -> Result<Response<StatLocalPersistentCacheTaskResponse>, Status> {
         self.refuse_beyond_streaming("StatLocalPersistentCacheTask")?;
+        let id = request.into_inner().task_id;
+        if self.legacy_piece_delay.is_some() {
+            // Paced pieces stand for a P2P download, which a node makes
+            // only of a task it does not hold: its local stat finds none.
+            return Err(self.as_released(Status::not_found(format!("task {id} not found"))));
+        }
         let meta = self
             .store
-            .get(&request.into_inner().task_id)
+            .get(&id)
             .map_err(|e| self.as_released(status_of(e)))?;
         Ok(Response::new(stat_local(&meta)))
     }
