@@ -15,12 +15,13 @@
 //!   has read enough of what came before it.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tracing::{debug, Instrument};
 
-use super::{Prefetch, TaskFiles};
+use super::{TaskFiles, Want};
 use crate::daemon::DaemonClient;
 use crate::read::geometry::TaskGeometry;
 
@@ -155,5 +156,100 @@ impl Shared {
             }
             dfcache_metrics::mount().tree_prefetch_queued(self.queue().len() as u64);
         }
+    }
+}
+
+/// What [`TaskFiles::prefetch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    Started,
+    /// The task is downloaded or being downloaded already.
+    AlreadyThere,
+    /// Larger than --task-cache-size: never downloaded ahead.
+    TooLarge,
+    /// No room without evicting what a program may still need.
+    NoRoom,
+}
+
+impl TaskFiles {
+    /// Starts a download for the tree prefetcher, only into room no
+    /// program needs: free space, or downloads that are complete and a
+    /// program has read (least recently used first). It evicts nothing
+    /// when that is not enough.
+    pub fn prefetch(&self, task: &TaskGeometry) -> Prefetch {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(download) = state.downloads.peek(&task.id) {
+            if download.progress.borrow().failed.is_none() {
+                return Prefetch::AlreadyThere;
+            }
+        }
+        if task.content_length > self.capacity {
+            return Prefetch::TooLarge;
+        }
+        let need = (state.bytes + task.content_length).saturating_sub(self.capacity);
+        if need > 0 {
+            let mut victims = vec![];
+            let mut freed = 0;
+            // Least recently used first.
+            for (id, download) in state.downloads.iter().rev() {
+                if freed >= need {
+                    break;
+                }
+                if download.done_with() {
+                    victims.push(id.clone());
+                    freed += download.geometry.content_length;
+                }
+            }
+            if freed < need {
+                return Prefetch::NoRoom;
+            }
+            for id in victims {
+                if let Some(old) = state.downloads.pop(&id) {
+                    debug!(task_id = %id, "evicting a downloaded task to prefetch another");
+                    state.bytes -= old.geometry.content_length;
+                }
+            }
+        }
+        let download = self.start(task, Want::Prefetch);
+        state.bytes += task.content_length;
+        state.downloads.put(task.id.clone(), download);
+        dfcache_metrics::mount().task_downloads_hold(state.bytes);
+        dfcache_metrics::mount().tree_prefetch_started(task.content_length);
+        Prefetch::Started
+    }
+
+    /// Whether a download of the task is under way or done.
+    pub fn has(&self, task_id: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .downloads
+            .peek(task_id)
+            .is_some_and(|d| d.progress.borrow().failed.is_none())
+    }
+
+    /// Whether the prefetcher may start a download now: no program waits
+    /// for a piece, no download a program uses is under way, and fewer
+    /// than `at_once` prefetched ones are.
+    pub fn may_prefetch(&self, at_once: usize) -> bool {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut prefetching = 0;
+        for (_, download) in state.downloads.iter() {
+            if !download.in_flight() {
+                continue;
+            }
+            if download.used.load(Ordering::Relaxed) {
+                return false;
+            }
+            prefetching += 1;
+        }
+        prefetching < at_once
+    }
+
+    /// What the prefetcher waits on.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
     }
 }
