@@ -582,6 +582,47 @@ fn under_legacy_a_caller_gets_copies_and_root_still_gets_links() {
 }
 
 #[test]
+fn a_warm_up_touches_no_path_so_any_caller_warms_and_checks_any_task() {
+    let f = Fixture::new(&[]);
+    let user = &f.user;
+    // Imported by root from files and a directory the user cannot read.
+    let secret_id = f.daemon.ok(&["import", &f.secret.to_string_lossy()]);
+    let model = f.locked.join("model");
+    common::tree::make_tree(&model, 5);
+    std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let tree = f.daemon.ok(&["import", "-r", &model.to_string_lossy()]);
+    let stored = {
+        let mut ids = f.daemon.ids();
+        ids.sort();
+        ids
+    };
+    let before = f.locked_state();
+
+    let warmed = f.ok_as(user, &["warmup", &secret_id]);
+    assert!(warmed.starts_with("1 task local"), "{warmed}");
+    let warmed = f.ok_as(user, &["warmup", "-r", &tree]);
+    assert!(warmed.contains("tasks local"), "{warmed}");
+    let checked = f.ok_as(user, &["warmup", "-r", "--check", &tree]);
+    assert!(
+        checked.lines().any(|l| l.starts_with("total:")),
+        "{checked}"
+    );
+
+    // Nothing written anywhere: the store holds what it held, root's
+    // directory is untouched, the user's has only what it had.
+    let mut ids = f.daemon.ids();
+    ids.sort();
+    assert_eq!(ids, stored);
+    assert!(
+        f.daemon.leftovers().is_empty(),
+        "{:?}",
+        f.daemon.leftovers()
+    );
+    assert_eq!(f.locked_state(), before);
+    assert!(names_in(f.home.path()).is_empty());
+}
+
+#[test]
 fn a_task_is_deleted_by_root_or_by_a_uid_that_imported_it() {
     let f = Fixture::new(&[]);
     let (a, b) = (&f.user, TestUser::create());
