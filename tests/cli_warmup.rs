@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::metrics::free_addr;
 use common::tree::make_tree;
 use common::*;
 
@@ -162,13 +163,6 @@ fn spawn_warmup(socket: &Path, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn dfcache warmup")
-}
-
-/// A free TCP port on localhost (bound, read, released).
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let port = listener.local_addr().expect("local address").port();
-    format!("127.0.0.1:{port}")
 }
 
 /// Downloads the daemon has answered, from its metrics.

@@ -5,6 +5,7 @@
 pub mod csi;
 pub mod ext4;
 pub mod inproc;
+pub mod metrics;
 pub mod ns;
 pub mod tree;
 pub mod upstream;

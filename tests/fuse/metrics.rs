@@ -5,36 +5,13 @@
 
 use std::collections::HashMap;
 
+use crate::common::metrics::{free_addr, scrape, value};
 use crate::common::*;
 use crate::harness::*;
-
-/// A free TCP port on localhost (bound, read, released).
-pub(crate) fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let port = listener.local_addr().expect("local address").port();
-    format!("127.0.0.1:{port}")
-}
-
-/// `curl http://addr/metrics`, as sample line key ("name{labels}") to value.
-pub(crate) fn scrape(addr: &str) -> HashMap<String, f64> {
-    let text = sh_ok(&format!("curl -sSf --max-time 10 http://{addr}/metrics"));
-    assert!(text.ends_with("# EOF"), "not OpenMetrics text:\n{text}");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(key, value)| (key.to_string(), value.parse().expect("a sample value")))
-        .collect()
-}
 
 /// How much `key` grew from `before` to `after` (absent: 0).
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
     after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
-}
-
-pub(crate) fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
-    *samples
-        .get(key)
-        .unwrap_or_else(|| panic!("{key} not exposed; got {:?}", samples.keys()))
 }
 
 #[test]

@@ -3,10 +3,10 @@
 //! starts downloads of the others, so a program walking the model opens
 //! each next file already local (passed through to the kernel).
 
+use crate::common::metrics::{free_addr, scrape, value};
 use crate::common::tree::make_tree;
 use crate::common::*;
 use crate::harness::*;
-use crate::metrics::{free_addr, scrape, value};
 
 /// A 50-file model imported on a legacy daemon; the daemon, the source
 /// and the tree id.
