@@ -76,8 +76,13 @@ impl Node {
     }
 
     /// Starts the node's dfdaemon again (after `kill_daemon`), on the same
-    /// storage.
+    /// storage. `stop.sh` first: the killed dfdaemon can linger as a zombie
+    /// (setsid left it to a parent that has not reaped it), which `run.sh`
+    /// takes for a node still running; `stop.sh` knows a zombie and forgets
+    /// the pid. For a joined node (a first node's `stop.sh` also stops its
+    /// scheduler).
     pub fn restart(&self) {
+        stop(&self.dir);
         start(&self.dir, &self.args);
     }
 
@@ -159,12 +164,17 @@ fn start(dir: &Path, args: &[String]) {
     succeeded(&out, format!("run.sh {} {args:?}", dir.display()));
 }
 
+/// `stop.sh DIR`: stops what `run.sh DIR` started.
+fn stop(dir: &Path) {
+    let _ = Command::new("bash")
+        .arg(harness().join("stop.sh"))
+        .arg(dir)
+        .output();
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(harness().join("stop.sh"))
-            .arg(&self.dir)
-            .output();
+        stop(&self.dir);
     }
 }
 
