@@ -28,9 +28,11 @@ use super::flags::{format_duration, format_size};
 use super::progress::Bar;
 use super::warmup_fetch::{warm_all, with_retries, Outcome, Policy, Target};
 
-/// Tasks fetched at once by default: see docs/BENCHMARKING.md
-/// (`bench-warmup.sh`): on two dfdaemon nodes, a tree of 64 files warmed
-/// no faster with 8 at once than with 4, and took longer with 1 or 2.
+/// Tasks fetched at once by default: on two dfdaemon nodes on loopback, a
+/// 1 GiB tree of 50 files (8 shards of 128 MiB) warmed in 6.3 s one at a
+/// time, 3.3 s two or four at a time, 4.3 s eight at a time (medians,
+/// `bench-warmup.sh`, docs/BENCHMARKING.md). Four keeps small files from
+/// queueing behind a shard without the slowdown eight showed.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Args)]
