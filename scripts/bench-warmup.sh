@@ -83,7 +83,7 @@ echo "== node A: the model ($files files, $(numfmt --to=iec "$bytes")) copied in
 start_mount "$WORK/mnt-a" -e "$A_SOCK" --spool "$WORK/spool-a"
 s=$(now)
 cp -r "$model" "$WORK/mnt-a/import/"
-TREE=$(getfattr --only-values -n user.dfcache.tree_id "$WORK/mnt-a/import/model")
+TREE=$(getfattr --absolute-names --only-values -n user.dfcache.tree_id "$WORK/mnt-a/import/model")
 echo "tree $TREE in $(elapsed "$s")s"
 stop_mount
 
