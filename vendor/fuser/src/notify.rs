@@ -8,6 +8,7 @@ use crate::INodeNo;
 use crate::channel::ChannelSender;
 use crate::ll::fuse_abi::fuse_notify_code as notify_code;
 use crate::ll::notify::Notification;
+use crate::passthrough::BackingId;
 
 /// A handle to a pending `poll()` request.
 #[derive(Copy, Clone, Debug)]
@@ -55,6 +56,17 @@ pub struct Notifier(ChannelSender);
 impl Notifier {
     pub(crate) fn new(cs: ChannelSender) -> Self {
         Self(cs)
+    }
+
+    /// Wraps the raw id of a backing file registered on this connection,
+    /// possibly by an earlier process serving it; the returned `BackingId`
+    /// closes it when dropped.
+    ///
+    /// # Safety
+    /// `id` must have been returned by `FUSE_DEV_IOC_BACKING_OPEN` on this
+    /// connection and not closed since, and nothing else may close it.
+    pub unsafe fn wrap_backing(&self, id: u32) -> BackingId {
+        unsafe { self.0.wrap_backing(id) }
     }
 
     /// Notify poll clients of I/O readiness
