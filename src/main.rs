@@ -12,7 +12,7 @@ use cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Mount(_) | Command::Csi(_) => "info",
+        Command::Serve(_) | Command::Mount(_) | Command::Csi(_) | Command::MountHolder(_) => "info",
         _ => "warn",
     };
     let level = cli
@@ -34,6 +34,16 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
         limit_malloc_arenas();
         return_large_frees();
+    }
+    // The holder is one thread around poll(2): no runtime.
+    if let Command::MountHolder(args) = cli.command {
+        return match cli::mount_holder::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -63,6 +73,7 @@ fn main() -> std::process::ExitCode {
             Command::Completions(args) => {
                 cli::completions::run(args, <Cli as clap::CommandFactory>::command())
             }
+            Command::MountHolder(_) => Ok(()),
         }
     });
     match result {

@@ -9,10 +9,12 @@ pub mod import;
 pub mod ls;
 pub mod metrics_endpoint;
 pub mod mount;
+pub mod mount_holder;
 pub mod progress;
 pub mod rm;
 pub mod serve;
 pub mod stat;
+pub mod takeover;
 pub mod tree;
 mod tree_fetch;
 pub mod warmup;
@@ -58,6 +60,10 @@ pub enum Command {
     /// Serve the CSI node plugin that publishes the node mount's trees and
     /// tasks as pod volumes (driver dfcache.d7y.io).
     Csi(csi::CsiArgs),
+    /// Keep a mount's connection between the processes serving it: run
+    /// beside `dfcache mount --holder external` (the Kubernetes DaemonSet
+    /// does); `dfcache mount` starts one itself otherwise.
+    MountHolder(mount_holder::MountHolderArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
 }

@@ -1,6 +1,7 @@
 //! `dfcache mount MOUNTPOINT`: the FUSE mount, in the foreground until
 //! SIGINT/SIGTERM (or an external umount), on a dfdaemon's socket or on an
-//! embedded daemon (`--embedded DIR`).
+//! embedded daemon (`--embedded DIR`). A holder keeps the mount for the
+//! next process when this one dies or steps down (`takeover.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,11 +21,12 @@ use dfcache_metrics::Exposed;
 use dfcache_mount::attr::{Modes, Owner};
 use dfcache_mount::daemon::metered::Metered;
 use dfcache_mount::passthrough::PassthroughMode;
-use dfcache_mount::{DfcacheFs, FsConfig, MountSettings};
+use dfcache_mount::takeover::systemd;
+use dfcache_mount::{DfcacheFs, FsConfig, MountSettings, Served};
 
 use super::args::{parse_memory_budget, parse_timeout, GlobalArgs, TaskArgs};
 use super::flags::parse_size;
-use super::serve::shutdown_signal;
+use super::takeover::{step_down, Holder, HolderKind};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -107,24 +109,63 @@ pub struct MountArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless set).
     #[arg(long, value_name = "HOST:PORT", env = "DFCACHE_METRICS_ADDR", value_parser = super::metrics_endpoint::parse_metrics_addr)]
     pub metrics_addr: Option<String>,
+    /// Who keeps the mount while no process serves it (a crash, an OOM
+    /// kill, an upgrade), for the next `dfcache mount` here to take over:
+    /// `process`: a holder process this mount starts (or finds) at
+    /// --holder-socket; `external`: a holder run beside it (`dfcache
+    /// mount-holder`), to which SIGTERM leaves the mount; `systemd`: the
+    /// service's file-descriptor store; `none`: nobody (a crash leaves a
+    /// dead mount point).
+    #[arg(
+        long,
+        value_name = "process|external|systemd|none",
+        default_value = "process",
+        env = "DFCACHE_HOLDER"
+    )]
+    pub holder: HolderKind,
+    /// The holder's socket [default: holder-<hash of the mount point>.sock
+    /// in /run/dfcache as root, else in $XDG_RUNTIME_DIR/dfcache].
+    #[arg(long, value_name = "PATH", env = "DFCACHE_HOLDER_SOCKET")]
+    pub holder_socket: Option<PathBuf>,
+    /// How long a holder this mount starts keeps the mount after its
+    /// process died, waiting for the next `dfcache mount` (programs wait
+    /// meanwhile); then it lets go and they get ENOTCONN. 0: as long as the
+    /// holder runs.
+    #[arg(long, value_parser = parse_timeout, default_value = "10m", env = "DFCACHE_TAKEOVER_WAIT")]
+    pub takeover_wait: Duration,
+    /// Replace the live process serving this mount point: it finishes the
+    /// imports being written, hands the mount over and exits, and this
+    /// process serves on; programs see no error.
+    #[arg(long)]
+    pub takeover: bool,
+    /// How long a process handing over may take (imports being written
+    /// finish within it; later ones fail with EIO).
+    #[arg(long, value_parser = parse_timeout, default_value = "60s", env = "DFCACHE_TAKEOVER_TIMEOUT")]
+    pub takeover_timeout: Duration,
     #[command(flatten)]
     pub task: TaskArgs,
 }
 
 pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.mountpoint)
-        // A dead mount left by a crash answers ENOTCONN or EEXIST here;
-        // mounting replaces it.
-        .or_else(|e| match e.raw_os_error() {
-            Some(libc::ENOTCONN) | Some(libc::EEXIST) => Ok(()),
-            _ => Err(e),
-        })
-        .with_context(|| {
-            format!(
-                "cannot create the mount point {}",
-                args.mountpoint.display()
-            )
-        })?;
+    // From the start: a signal that comes while mounting is not lost.
+    let mut signals = Signals::new();
+    create_mount_point(&args.mountpoint).with_context(|| {
+        format!(
+            "cannot create the mount point {}",
+            args.mountpoint.display()
+        )
+    })?;
+    let holder = Arc::new(Holder::new(
+        args.holder,
+        args.holder_socket.clone(),
+        &args.mountpoint,
+        args.takeover_wait,
+    ));
+    // First, before the store or the metrics port is opened: a process
+    // handing over holds them until it exits.
+    let takeover = args.takeover.then_some(args.takeover_timeout);
+    let taken = tokio::task::block_in_place(|| holder.take(&args.mountpoint, takeover))?;
+
     if let Some(spool) = &args.spool {
         std::fs::create_dir_all(spool)
             .with_context(|| format!("cannot create the spool {}", spool.display()))?;
@@ -235,39 +276,165 @@ pub async fn run(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         kernel_read_ahead_kb: u32::try_from(args.kernel_read_ahead / 1024).unwrap_or(u32::MAX),
         threads: args.threads,
         passthrough: args.passthrough,
+        hand_over: args.holder != HolderKind::None,
     };
-    let session = dfcache_mount::mount(
-        fs,
-        &args.mountpoint,
-        &settings,
-        tokio::runtime::Handle::current(),
-    )
-    .context("cannot mount")?;
+    let rt = tokio::runtime::Handle::current();
+    let (served, link) = match taken {
+        Some((held, link)) => (
+            dfcache_mount::adopt(fs.clone(), held, &args.mountpoint, &settings, rt)
+                .context("cannot take the mount over")?,
+            link,
+        ),
+        None => (
+            dfcache_mount::mount(fs.clone(), &args.mountpoint, &settings, rt)
+                .context("cannot mount")?,
+            None,
+        ),
+    };
+    let mut served = served;
+    let mut keeping = match served.held.take() {
+        Some(held) => Some(holder.keep(held, &args.mountpoint, link)?),
+        None => None,
+    };
+    if args.holder == HolderKind::Systemd {
+        if let Err(e) = systemd::state("READY=1") {
+            warn!(error = %e, "cannot tell systemd the mount is ready");
+        }
+    }
     info!(mountpoint = %args.mountpoint.display(), socket = %socket.display(), "dfcache mounted; Ctrl-C to unmount");
 
-    // Until a signal, or until someone unmounts us from outside.
-    let ended_outside = tokio::select! {
-        _ = shutdown_signal() => false,
-        _ = wait_session_end(&session) => true,
+    // Until a signal, a takeover, or someone unmounts us from outside.
+    let ending = {
+        let handover = async {
+            match keeping.as_mut() {
+                Some(k) => k.handovers.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            signal = signals.next() => match signal {
+                // An external holder's life is the mount's: a SIGTERM
+                // (a container restart) leaves the mount to it.
+                Ending::ForGood if args.holder == HolderKind::External => Ending::StepDown(None),
+                other => other,
+            },
+            _ = wait_session_end(&served.session) => Ending::Unmounted,
+            Some(within) = handover => Ending::StepDown(Some(within)),
+        }
     };
-    let unmounted = tokio::task::spawn_blocking(move || {
-        if ended_outside {
-            session.join()
-        } else {
-            session.umount_and_join()
+    // Stepping down with nobody holding the mount would leave it dead.
+    let ending = match ending {
+        Ending::StepDown(_) if !keeping.as_ref().is_some_and(|k| k.is_held()) => {
+            warn!("nobody holds the mount for a next process (no holder answers at its socket): unmounting instead of leaving it dead");
+            Ending::ForGood
         }
-    })
-    .await
-    .context("unmount task failed")?;
-    if let Some(daemon) = daemon {
-        daemon.stop().await;
+        other => other,
+    };
+    match ending {
+        Ending::StepDown(handover) => {
+            if let Some(keeping) = &keeping {
+                keeping.ending();
+            }
+            let within = handover.unwrap_or(args.takeover_timeout);
+            step_down(&fs, &served, within).await;
+            if let Some(keeping) = &keeping {
+                if handover.is_some() {
+                    keeping.handed();
+                }
+            }
+            // Nothing is torn down: the mount, its connection and backing
+            // files stay with the holder, and the store lock and the
+            // metrics port go with the process.
+            std::process::exit(0);
+        }
+        Ending::ForGood | Ending::Unmounted => {
+            if let Some(keeping) = &keeping {
+                keeping.ending();
+            }
+            let unmounted = tokio::task::spawn_blocking({
+                let mountpoint = args.mountpoint.clone();
+                let outside = ending == Ending::Unmounted;
+                move || finish(served, &mountpoint, outside)
+            })
+            .await
+            .context("unmount task failed")?;
+            if let Some(keeping) = &keeping {
+                keeping.release(args.holder);
+            }
+            if let Some(daemon) = daemon {
+                daemon.stop().await;
+            }
+            match unmounted {
+                Ok(()) => {
+                    info!("unmounted");
+                    Ok(())
+                }
+                Err(e) => bail!("unmount of {} failed: {e}", args.mountpoint.display()),
+            }
+        }
     }
-    match unmounted {
-        Ok(()) => {
-            info!("unmounted");
-            Ok(())
+}
+
+/// Creates the mount point if it is missing, without looking inside: a
+/// mount held for this process answers nothing until it serves it (and a
+/// dead one answers ENOTCONN), so only its parent is asked.
+fn create_mount_point(mountpoint: &std::path::Path) -> std::io::Result<()> {
+    if let Some(parent) = mountpoint.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(mountpoint) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// How the mount's process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// SIGINT/SIGTERM: unmount.
+    ForGood,
+    /// Unmounted from outside (umount, fusermount3 -u).
+    Unmounted,
+    /// SIGUSR2 (or a takeover: its deadline): leave the mount to the holder.
+    StepDown(Option<Duration>),
+}
+
+/// SIGINT/SIGTERM: for good; SIGUSR2: step down.
+struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined2()),
+        ) {
+            (Ok(term), Ok(int), Ok(usr2)) => Signals(Some([term, int, usr2])),
+            // Without signal handlers, Ctrl-C still ends the process.
+            _ => Signals(None),
         }
-        Err(e) => bail!("unmount of {} failed: {e}", args.mountpoint.display()),
+    }
+
+    async fn next(&mut self) -> Ending {
+        let Some([term, int, usr2]) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => Ending::ForGood,
+            _ = int.recv() => Ending::ForGood,
+            _ = usr2.recv() => Ending::StepDown(None),
+        }
+    }
+}
+
+/// Unmounts (unless already unmounted from outside) and waits for the
+/// session to end.
+fn finish(served: Served, mountpoint: &std::path::Path, outside: bool) -> std::io::Result<()> {
+    if outside {
+        served.session.join()
+    } else {
+        served.unmount(mountpoint)
     }
 }
 

@@ -30,6 +30,8 @@ use crate::read::block_cache::BlockCache;
 use crate::read::drop_behind::{DropBehind, PageCache};
 use crate::read::geometry::TaskGeometry;
 use crate::space;
+use crate::takeover::journal::Journal;
+use crate::takeover::state::StateLog;
 use crate::task_files::prefetch::Prefetcher;
 use crate::task_files::TaskFiles;
 use crate::trees::node::TreeNode;
@@ -180,6 +182,36 @@ impl DfcacheFs {
     /// Where drops go, once the session is mounted.
     pub fn attach_page_cache(&self, page_cache: Arc<dyn PageCache>) {
         self.drop_behind.attach(page_cache);
+    }
+
+    /// Where the names the kernel is given are recorded for a takeover.
+    pub fn state_log(&self) -> StateLog {
+        self.inodes().log.clone()
+    }
+
+    /// From now on, every new name is recorded in `journal`.
+    pub fn attach_journal(&self, journal: Arc<Journal>) {
+        self.inodes().log.attach(journal);
+    }
+
+    /// Imports open for writing (a process handing the mount over waits
+    /// for them to close).
+    pub fn imports_being_written(&self) -> usize {
+        self.inodes().imports_being_written()
+    }
+
+    /// The local content source, for passthrough opens restored after a
+    /// takeover.
+    pub fn local_content(&self) -> Option<&dyn LocalContent> {
+        self.local.as_deref()
+    }
+
+    /// The task id behind task inode `ino`.
+    pub fn task_of(&self, ino: u64) -> Option<String> {
+        match self.inodes().get(ino)? {
+            Node::Task(task) => Some(task.geometry.id.to_string()),
+            _ => None,
+        }
     }
 
     pub fn cache(&self) -> &BlockCache {
@@ -372,7 +404,24 @@ impl DfcacheFs {
     /// Opens a directory: its listing, kept until releasedir.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let entries = self.readdir(ino).await?;
-        Ok(self.handles.add_dir(entries))
+        let changes = self.listing_changes(ino);
+        let log = self.state_log();
+        match changes && log.is_on() {
+            true => {
+                let entries = Arc::new(entries);
+                let fh = self.handles.add_dir_shared(entries.clone());
+                // Recorded before the kernel hears of the handle.
+                log.listing(fh, &entries);
+                Ok(fh)
+            }
+            false => Ok(self.handles.add_dir(entries)),
+        }
+    }
+
+    /// Whether directory `ino`'s entries can change (so a takeover needs
+    /// its listing snapshot recorded): all but the root's and a tree's.
+    fn listing_changes(&self, ino: u64) -> bool {
+        ino != ROOT_INO && !matches!(self.node(ino), Ok(Node::Tree(_)))
     }
 
     /// The listing taken when `fh` was opened.
@@ -380,8 +429,11 @@ impl DfcacheFs {
         self.handles.dir(fh)
     }
 
-    pub fn releasedir(&self, fh: u64) {
+    pub fn releasedir(&self, ino: u64, fh: u64) {
         self.handles.remove_dir(fh);
+        if self.listing_changes(ino) {
+            self.state_log().closed(fh);
+        }
     }
 
     /// The entries of directory `ino`, asked of the daemon for `tasks/`.
@@ -571,6 +623,7 @@ impl DfcacheFs {
             }
         }
         node.meta().apply(&change);
+        self.inodes().log.import_file(&node);
         Ok(self.import_attr(&node).await)
     }
 

@@ -2,10 +2,15 @@
 //! and their results into replies. Nothing here waits on the daemon: each
 //! request that may is answered from a task on the runtime, so the FUSE
 //! request loop keeps serving other files while a piece is on its way.
+//!
+//! Every request passes the takeover gate first (`takeover::gate`): one
+//! held back is left unanswered for the next process. A handle given by an
+//! earlier process of the same mount is taken on from the inode the kernel
+//! sends with it (`takeover::restore`).
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -23,6 +28,8 @@ use crate::filesystem::DfcacheFs;
 use crate::handles::Opened;
 use crate::passthrough::kernel::KernelPassthrough;
 use crate::passthrough::{Decision, PassthroughMode};
+use crate::takeover::connection::Negotiated;
+use crate::takeover::gate::{Gate, Pass};
 
 /// Task content never changes, but a task can be deleted or expire: the
 /// kernel asks again after this long, so `stat` notices (the page cache is
@@ -38,30 +45,92 @@ pub struct FuseAdapter {
     rt: Handle,
     /// Some when task opens may pass through to local files.
     passthrough: Option<Arc<KernelPassthrough>>,
+    gate: Arc<Gate>,
+    /// What FUSE_INIT settled, once it has (or as an earlier process of
+    /// the mount recorded it).
+    negotiated: Arc<OnceLock<Negotiated>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<DfcacheFs>, rt: Handle, passthrough: PassthroughMode) -> Self {
+    pub fn new(
+        fs: Arc<DfcacheFs>,
+        rt: Handle,
+        passthrough: PassthroughMode,
+        gate: Arc<Gate>,
+    ) -> Self {
         let decision = Decision::at_start(passthrough, fs.local_source());
         Self {
-            passthrough: KernelPassthrough::new(&decision).map(Arc::new),
+            passthrough: KernelPassthrough::new(&decision, fs.state_log()).map(Arc::new),
             fs,
             rt,
+            gate,
+            negotiated: Arc::default(),
+        }
+    }
+
+    /// The adapter of a process that took the mount over: FUSE_INIT was
+    /// answered by an earlier one, which settled `negotiated`.
+    pub fn adopted(
+        fs: Arc<DfcacheFs>,
+        rt: Handle,
+        passthrough: PassthroughMode,
+        gate: Arc<Gate>,
+        negotiated: Negotiated,
+    ) -> Self {
+        let adapter = Self::new(fs, rt, passthrough, gate);
+        if let Some(p) = &adapter.passthrough {
+            p.granted(negotiated.passthrough);
+        }
+        let _ = adapter.negotiated.set(negotiated);
+        adapter
+    }
+
+    /// What FUSE_INIT settled, once it has.
+    pub fn negotiated(&self) -> Arc<OnceLock<Negotiated>> {
+        self.negotiated.clone()
+    }
+
+    pub fn passthrough(&self) -> Option<Arc<KernelPassthrough>> {
+        self.passthrough.clone()
+    }
+
+    /// Lets a request in, or leaves it unanswered (`reply` is forgotten:
+    /// dropped, it would answer EIO) when the gate holds it back; the
+    /// kernel resends it to the next process.
+    fn admit<R>(&self, import: bool, reply: R) -> Option<(Pass, R)> {
+        let pass = if import {
+            self.gate.enter_import()
+        } else {
+            self.gate.enter()
+        };
+        match pass {
+            Some(pass) => Some((pass, reply)),
+            None => {
+                debug!("request held back for the next process of this mount");
+                std::mem::forget(reply);
+                None
+            }
         }
     }
 
     /// Runs `f` on the runtime with a handle on the file system, in a span
     /// naming the operation and its inode (the file system records the task
     /// id in it where there is one): what it logs, and the failure the
-    /// reply logs, carry them.
-    fn spawn<F, Fut>(&self, op: &'static str, ino: u64, f: F)
+    /// reply logs, carry them. `pass` is held until `f` has answered.
+    fn spawn<F, Fut>(&self, op: &'static str, ino: u64, pass: Pass, f: F)
     where
         F: FnOnce(Arc<DfcacheFs>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let span = tracing::info_span!("fuse", op, ino, task_id = tracing::field::Empty);
-        self.rt
-            .spawn(dfcache_metrics::fuse_ops::observe(op, f(self.fs.clone())).instrument(span));
+        let work = f(self.fs.clone());
+        self.rt.spawn(
+            dfcache_metrics::fuse_ops::observe(op, async move {
+                work.await;
+                drop(pass);
+            })
+            .instrument(span),
+        );
     }
 }
 
@@ -153,12 +222,19 @@ impl Filesystem for FuseAdapter {
         if let (Some(passthrough), Some(source)) = (&self.passthrough, self.fs.local_source()) {
             passthrough.init(config, source);
         }
+        let _ = self.negotiated.set(Negotiated {
+            minor: config.kernel_abi().1,
+            passthrough: self.passthrough.as_ref().is_some_and(|p| p.is_on()),
+        });
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let name = name.to_os_string();
-        self.spawn("lookup", parent.0, move |fs| async move {
+        self.spawn("lookup", parent.0, pass, move |fs| async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(attr) => reply.entry(&ttl_of(&attr), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -167,7 +243,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn("getattr", ino.0, move |fs| async move {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        self.spawn("getattr", ino.0, pass, move |fs| async move {
             match fs.getattr(ino.0).await {
                 Ok(attr) => reply.attr(&ttl_of(&attr), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),
@@ -193,6 +272,9 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let change = SetAttr {
             mode,
             uid,
@@ -201,7 +283,7 @@ impl Filesystem for FuseAdapter {
             atime: time_of(atime),
             mtime: time_of(mtime),
         };
-        self.spawn("setattr", ino.0, move |fs| async move {
+        self.spawn("setattr", ino.0, pass, move |fs| async move {
             match fs.setattr(ino.0, change).await {
                 Ok(attr) => reply.attr(&ttl_of(&attr), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),
@@ -210,6 +292,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some((_pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         // From the tree's manifest, already in memory: nothing waits.
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
@@ -218,7 +303,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn("opendir", ino.0, move |fs| async move {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        self.spawn("opendir", ino.0, pass, move |fs| async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -229,42 +317,53 @@ impl Filesystem for FuseAdapter {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
+        let Some((_pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        self.fs.releasedir(ino.0, fh.0);
         reply.ok();
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        // From the snapshot taken at opendir: nothing here waits.
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        // From the snapshot taken at opendir: nothing here waits, unless
+        // the directory was opened by an earlier process of the mount.
         match self.fs.dir_listing(fh.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
-                        break;
+            Err(_) if self.fs.is_unknown_earlier_handle(fh.0) => {
+                self.spawn("readdir", ino.0, pass, move |fs| async move {
+                    match fs.adopt_listing(fh.0, ino.0).await {
+                        Ok(entries) => reply_listing(&entries, offset, reply),
+                        Err(e) => reply.error(errno(e)),
                     }
-                }
-                reply.ok();
+                });
             }
+            Ok(entries) => reply_listing(&entries, offset, reply),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let Some((pass, reply)) = self.admit(write, reply) else {
+            return;
+        };
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let passthrough = self.passthrough.clone().filter(|_| !write);
-        self.spawn("open", ino.0, move |fs| async move {
+        self.spawn("open", ino.0, pass, move |fs| async move {
             match (fs.open(ino.0, write, truncate).await, passthrough) {
                 (Ok(opened), Some(passthrough)) => {
                     let local = fs.local_file(opened.fh);
@@ -279,7 +378,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -287,7 +386,13 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn("read", _ino.0, move |fs| async move {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        self.spawn("read", ino.0, pass, move |fs| async move {
+            if let Err(e) = adopt_if_earlier(&fs, fh.0, ino.0).await {
+                return reply.error(errno(e));
+            }
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
@@ -305,10 +410,13 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let Some((pass, reply)) = self.admit(true, reply) else {
+            return;
+        };
         let name = name.to_os_string();
         let (uid, gid) = (req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
-        self.spawn("create", parent.0, move |fs| async move {
+        self.spawn("create", parent.0, pass, move |fs| async move {
             match fs
                 .create(parent.0, &name, mode & !umask, exclusive, uid, gid)
                 .await
@@ -328,7 +436,7 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -337,8 +445,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let data = data.to_vec();
-        self.spawn("write", _ino.0, move |fs| async move {
+        self.spawn("write", ino.0, pass, move |fs| async move {
+            if let Err(e) = adopt_if_earlier(&fs, fh.0, ino.0).await {
+                return reply.error(errno(e));
+            }
             match fs.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
@@ -349,12 +463,18 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn("flush", _ino.0, move |fs| async move {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        self.spawn("flush", ino.0, pass, move |fs| async move {
+            if let Err(e) = adopt_if_earlier(&fs, fh.0, ino.0).await {
+                return reply.error(errno(e));
+            }
             reply_empty(fs.flush(fh.0).await, reply)
         });
     }
@@ -362,17 +482,20 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         if let Some(passthrough) = &self.passthrough {
             passthrough.release(fh.0);
         }
-        self.spawn("release", _ino.0, move |fs| async move {
+        self.spawn("release", ino.0, pass, move |fs| async move {
             reply_empty(fs.release(fh.0).await, reply)
         });
     }
@@ -380,19 +503,28 @@ impl Filesystem for FuseAdapter {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn("fsync", _ino.0, move |fs| async move {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        self.spawn("fsync", ino.0, pass, move |fs| async move {
+            if let Err(e) = adopt_if_earlier(&fs, fh.0, ino.0).await {
+                return reply.error(errno(e));
+            }
             reply_empty(fs.fsync(fh.0).await, reply)
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let name = name.to_os_string();
-        self.spawn("unlink", parent.0, move |fs| async move {
+        self.spawn("unlink", parent.0, pass, move |fs| async move {
             reply_empty(fs.unlink(parent.0, &name).await, reply)
         });
     }
@@ -407,6 +539,9 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
@@ -415,7 +550,7 @@ impl Filesystem for FuseAdapter {
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
-        self.spawn("rename", parent.0, move |fs| async move {
+        self.spawn("rename", parent.0, pass, move |fs| async move {
             match fs
                 .rename(parent.0, &name, newparent.0, &newname, no_replace)
                 .await
@@ -427,19 +562,28 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let name = name.to_os_string();
-        self.spawn("getxattr", ino.0, move |fs| async move {
+        self.spawn("getxattr", ino.0, pass, move |fs| async move {
             xattr_reply(fs.getxattr(ino.0, &name).await, size, reply)
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn("listxattr", ino.0, move |fs| async move {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
+        self.spawn("listxattr", ino.0, pass, move |fs| async move {
             xattr_reply(fs.listxattr(ino.0).await, size, reply)
         });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let Some((_pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let s = self.fs.statfs();
         reply.statfs(
             s.blocks,
@@ -466,9 +610,12 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let name = name.to_os_string();
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn("mkdir", parent.0, move |fs| async move {
+        self.spawn("mkdir", parent.0, pass, move |fs| async move {
             match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
                 Ok(attr) => reply.entry(&ttl_of(&attr), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -477,8 +624,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let name = name.to_os_string();
-        self.spawn("rmdir", parent.0, move |fs| async move {
+        self.spawn("rmdir", parent.0, pass, move |fs| async move {
             reply_empty(fs.rmdir(parent.0, &name).await, reply)
         });
     }
@@ -491,9 +641,12 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let Some((pass, reply)) = self.admit(false, reply) else {
+            return;
+        };
         let (name, target) = (link_name.to_os_string(), target.to_path_buf());
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn("symlink", parent.0, move |fs| async move {
+        self.spawn("symlink", parent.0, pass, move |fs| async move {
             match fs.symlink(parent.0, &name, &target, uid, gid).await {
                 Ok(attr) => reply.entry(&ttl_of(&attr), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -543,6 +696,24 @@ impl Filesystem for FuseAdapter {
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(FuseErrno::from_i32(libc::ENOTSUP));
     }
+}
+
+/// A handle an earlier process of this mount gave, which this one does
+/// not know yet, is taken on from its inode.
+async fn adopt_if_earlier(fs: &DfcacheFs, fh: u64, ino: u64) -> Result<(), Errno> {
+    if fs.is_unknown_earlier_handle(fh) {
+        fs.adopt_handle(fh, ino).await?;
+    }
+    Ok(())
+}
+
+fn reply_listing(entries: &[crate::handles::DirEntry], offset: u64, mut reply: ReplyDirectory) {
+    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+            break;
+        }
+    }
+    reply.ok();
 }
 
 fn reply_empty(result: Result<(), Errno>, reply: ReplyEmpty) {

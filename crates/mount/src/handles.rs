@@ -68,12 +68,20 @@ impl DirEntry {
     }
 }
 
+/// Handle numbers carry the generation of the process that gave them (how
+/// many processes served the connection before it) above this bit, so a
+/// process that took a mount over never reuses a number the kernel still
+/// holds, and knows a handle of its predecessors when it sees one.
+const GENERATION_SHIFT: u32 = 40;
+
 /// The handle table: files, and directory listings taken at opendir (a
 /// directory of thousands of tasks is asked of the daemon once per
 /// opendir, not once per readdir call, and its offsets stay stable while
 /// tasks come and go).
 pub struct Handles {
     next: AtomicU64,
+    /// The first number of this process's generation.
+    first: AtomicU64,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
 }
@@ -83,6 +91,7 @@ impl Default for Handles {
         Handles {
             // 0 is what the kernel sends when there is no handle.
             next: AtomicU64::new(1),
+            first: AtomicU64::new(1),
             files: Mutex::default(),
             dirs: Mutex::default(),
         }
@@ -92,6 +101,34 @@ impl Default for Handles {
 impl Handles {
     fn next(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Numbers this process gives start at its generation's (before any
+    /// handle is given).
+    pub fn start_generation(&self, generation: u64) {
+        let first = (generation << GENERATION_SHIFT).max(1);
+        self.first.store(first, Ordering::Relaxed);
+        self.next.store(first, Ordering::Relaxed);
+    }
+
+    /// A handle given by a process that served the connection before this
+    /// one.
+    pub fn is_earlier(&self, fh: u64) -> bool {
+        fh != 0 && fh < self.first.load(Ordering::Relaxed)
+    }
+
+    /// Adds a file under the number an earlier process gave it.
+    pub fn insert_file(&self, fh: u64, file: OpenFile) -> Arc<OpenFile> {
+        let file = Arc::new(file);
+        lock(&self.files).insert(fh, file.clone());
+        file
+    }
+
+    /// Adds a listing under the number an earlier process gave it.
+    pub fn insert_dir(&self, fh: u64, entries: Vec<DirEntry>) -> Arc<Vec<DirEntry>> {
+        let entries = Arc::new(entries);
+        lock(&self.dirs).insert(fh, entries.clone());
+        entries
     }
 
     pub fn add_file(&self, file: OpenFile) -> Opened {
@@ -110,8 +147,12 @@ impl Handles {
     }
 
     pub fn add_dir(&self, entries: Vec<DirEntry>) -> u64 {
+        self.add_dir_shared(Arc::new(entries))
+    }
+
+    pub fn add_dir_shared(&self, entries: Arc<Vec<DirEntry>>) -> u64 {
         let fh = self.next();
-        lock(&self.dirs).insert(fh, Arc::new(entries));
+        lock(&self.dirs).insert(fh, entries);
         fh
     }
 

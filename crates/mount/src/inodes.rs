@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use crate::attr::{Attr, Kind};
 use crate::import::state::ImportState;
 use crate::read::geometry::TaskGeometry;
+use crate::takeover::state::StateLog;
 pub use crate::task_node::TaskNode;
 use crate::trees::node::{build as build_tree, TreeNode};
 use dfcache_wire::tree::Manifest;
@@ -168,6 +169,8 @@ pub struct Inodes {
     imports: BTreeMap<(u64, OsString), ImportEntry>,
     /// Trees opened under `trees/`: their root directory's inode.
     trees: BTreeMap<String, u64>,
+    /// Where new names are recorded for a takeover.
+    pub(crate) log: StateLog,
 }
 
 impl Inodes {
@@ -197,9 +200,15 @@ impl Inodes {
             created,
             confirmed: Mutex::new(Instant::now()),
         });
-        self.tasks.insert(node.geometry.id.clone(), node.clone());
-        self.nodes.insert(ino, Node::Task(node.clone()));
+        self.log.task(&node);
+        self.insert_task(node.clone());
         node
+    }
+
+    /// A task node made here or restored after a takeover.
+    pub(crate) fn insert_task(&mut self, node: Arc<TaskNode>) {
+        self.tasks.insert(node.geometry.id.clone(), node.clone());
+        self.nodes.insert(node.ino, Node::Task(node));
     }
 
     /// The tasks this mount knows (imported, opened or listed).
@@ -244,13 +253,22 @@ impl Inodes {
             next += 1;
             next
         });
-        self.next = next;
         let root = nodes.first().map(|n| n.ino()).unwrap_or(parent);
+        self.log
+            .tree(id, root, nodes.len() as u64, parent, created, || {
+                manifest.to_bytes()
+            });
+        self.next = next;
+        self.insert_tree(id, root, nodes);
+        root
+    }
+
+    /// A tree's nodes, made here or rebuilt after a takeover.
+    pub(crate) fn insert_tree(&mut self, id: &str, root: u64, nodes: Vec<Arc<TreeNode>>) {
         for node in nodes {
             self.nodes.insert(node.ino(), Node::Tree(node));
         }
         self.trees.insert(id.to_string(), root);
-        root
     }
 
     /// The import file `name` in directory `parent`.
@@ -288,9 +306,12 @@ impl Inodes {
             state: tokio::sync::Mutex::new(state),
             meta: Mutex::new(meta),
         });
+        self.log.import_file(&node);
+        self.log.outcome(ino, None);
         self.nodes.insert(ino, Node::Import(node.clone()));
         if let Some(old) = self.imports.insert(key, ImportEntry::File(node.clone())) {
             old.set_meta(|m| m.linked = false);
+            self.record(&old);
         }
         node
     }
@@ -304,9 +325,48 @@ impl Inodes {
             meta: Mutex::new(meta),
             target,
         });
+        self.log.import_dir(&dir);
         self.nodes.insert(ino, Node::ImportDir(dir.clone()));
         self.imports.insert(key, ImportEntry::Dir(dir.clone()));
         dir
+    }
+
+    /// An import entry restored after a takeover.
+    pub(crate) fn insert_import(&mut self, entry: ImportEntry) {
+        let ino = entry.ino();
+        let (parent, name, linked) = match &entry {
+            ImportEntry::File(n) => {
+                let meta = n.meta();
+                (meta.parent, meta.name.clone(), meta.linked)
+            }
+            ImportEntry::Dir(d) => {
+                let meta = d.meta();
+                (meta.parent, meta.name.clone(), meta.linked)
+            }
+        };
+        let node = match &entry {
+            ImportEntry::File(n) => Node::Import(n.clone()),
+            ImportEntry::Dir(d) => Node::ImportDir(d.clone()),
+        };
+        self.nodes.insert(ino, node);
+        if linked {
+            self.imports.insert((parent, name), entry);
+        }
+    }
+
+    /// Records an import entry as it is now (after a change of its name,
+    /// attributes or link).
+    pub(crate) fn record(&self, entry: &ImportEntry) {
+        match entry {
+            ImportEntry::File(n) => self.log.import_file(n),
+            ImportEntry::Dir(d) if self.nodes.contains_key(&d.ino) => self.log.import_dir(d),
+            ImportEntry::Dir(d) => self.log.node_gone(d.ino),
+        }
+    }
+
+    /// Numbers after every restored inode go to new nodes.
+    pub(crate) fn allocate_after(&mut self, last: u64) {
+        self.next = self.next.max(last);
     }
 
     /// Takes `name` out of its directory; a file lives on while open.
@@ -316,6 +376,7 @@ impl Inodes {
         if let ImportEntry::Dir(d) = &entry {
             self.nodes.remove(&d.ino);
         }
+        self.record(&entry);
         Some(entry)
     }
 
@@ -333,6 +394,7 @@ impl Inodes {
             m.parent = new_parent;
             m.name = new_name.to_os_string();
         });
+        self.record(&entry);
         let replaced = self
             .imports
             .insert((new_parent, new_name.to_os_string()), entry);
@@ -341,6 +403,7 @@ impl Inodes {
             if let ImportEntry::Dir(d) = old {
                 self.nodes.remove(&d.ino);
             }
+            self.record(old);
         }
         replaced
     }
@@ -361,6 +424,19 @@ impl Inodes {
     /// Drops an import node that has no name and no open handle.
     pub fn release_import(&mut self, ino: u64) {
         self.nodes.remove(&ino);
+        self.log.node_gone(ino);
+    }
+
+    /// Import files open for writing.
+    pub fn imports_being_written(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| {
+                matches!(n, Node::Import(i) if i.meta().writers > 0
+                    // Locked: a write or commit is under way.
+                    && i.state.try_lock().map_or(true, |s| s.is_open_for_data()))
+            })
+            .count()
     }
 
     pub fn task_count_and_bytes(&self) -> (u64, u64) {

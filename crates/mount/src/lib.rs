@@ -17,7 +17,11 @@
 //! returning values or errnos), `fuse.rs` (the thin fuser adapter),
 //! `inodes.rs` and `task_node.rs` (the inode table), `handles.rs` (open
 //! files and directory listings), `attr.rs`, `error.rs`, `space.rs`
-//! (statfs), `mount.rs` (mounting, stale mounts, the sysfs read-ahead lever).
+//! (statfs), `mount.rs` (mounting, taking a mount over, stale mounts, the
+//! sysfs read-ahead lever).
+//!
+//! `takeover/`: a mount that outlives its process (the connection and the
+//! state journal kept by a holder, handed to the next process).
 
 pub mod attr;
 pub mod daemon;
@@ -31,6 +35,7 @@ pub mod mount;
 pub mod passthrough;
 pub mod read;
 pub mod space;
+pub mod takeover;
 pub mod task_files;
 pub mod task_node;
 pub mod trees;
@@ -40,4 +45,4 @@ mod tests;
 
 pub use error::{Errno, FsError, FsResult};
 pub use filesystem::{DfcacheFs, FsConfig, TASK_ID_XATTR};
-pub use mount::{mount, MountSettings};
+pub use mount::{adopt, mount, MountSettings, Served};

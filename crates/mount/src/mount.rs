@@ -1,16 +1,22 @@
-//! Mounting: stale-mount recovery, fuser session options, and the sysfs
-//! read-ahead lever (1 MiB requests, 1.7-3x faster: docs/ARCHITECTURE.md).
+//! Mounting: stale-mount recovery, fuser session options, taking over a
+//! mount an earlier process served, and the sysfs read-ahead lever (1 MiB
+//! requests, 1.7-3x faster: docs/ARCHITECTURE.md).
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use tracing::{debug, info, warn};
 
 use crate::filesystem::DfcacheFs;
 use crate::fuse::FuseAdapter;
 use crate::read::drop_behind::PageCache;
+use crate::takeover::connection::{self, Held, Negotiated, RESEND_MINOR};
+use crate::takeover::gate::Gate;
+use crate::takeover::journal::{Journal, JournalError};
 
 /// How the kernel side of the mount is set up.
 #[derive(Debug, Clone)]
@@ -25,14 +31,27 @@ pub struct MountSettings {
     pub threads: usize,
     /// Whether opens may pass through to local task files.
     pub passthrough: crate::passthrough::PassthroughMode,
+    /// A holder keeps the connection for the next process: the state
+    /// journal is kept, and every thread reads the one descriptor the
+    /// holder shares (a cloned descriptor's unanswered requests are failed
+    /// when it closes with its process, instead of waiting to be resent).
+    pub hand_over: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("{0} is not a directory")]
     NotADirectory(std::path::PathBuf),
-    #[error("{0} is already a live dfcache mount (unmount it first)")]
+    #[error(
+        "{0} is already a live dfcache mount (unmount it first, or start the new mount with \
+         --takeover to replace its process)"
+    )]
     AlreadyMounted(std::path::PathBuf),
+    #[error(
+        "{0} is a FUSE mount that does not answer (a process holds its connection but none \
+         serves it: its holder, or a frozen dfcache); unmount it (umount -l) or stop that process"
+    )]
+    Unanswered(std::path::PathBuf),
     #[error(
         "mount {path}: this user cannot open /dev/fuse: a mount by a user other than root \
          goes through fusermount3 but opens /dev/fuse first, so it must be mode 0666 (as \
@@ -46,20 +65,36 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    #[error("take over the mount at {path}")]
+    Takeover {
+        path: std::path::PathBuf,
+        #[source]
+        source: JournalError,
+    },
 }
 
-/// Mounts `fs` at `mountpoint`; requests run on `rt`. The mount goes away
-/// when the returned session is unmounted or dropped.
-pub fn mount(
-    fs: Arc<DfcacheFs>,
-    mountpoint: &Path,
-    settings: &MountSettings,
-    rt: tokio::runtime::Handle,
-) -> Result<BackgroundSession, MountError> {
-    clear_stale_mount(mountpoint)?;
-    if !mountpoint.is_dir() {
-        return Err(MountError::NotADirectory(mountpoint.to_path_buf()));
+/// A mount being served by this process.
+pub struct Served {
+    pub session: BackgroundSession,
+    /// Every request passes it (a process handing over closes it).
+    pub gate: Arc<Gate>,
+    /// The connection and the state journal, shared, for a holder (when
+    /// `hand_over`).
+    pub held: Option<Held>,
+    /// Whether an earlier process answered FUSE_INIT.
+    pub adopted: bool,
+}
+
+impl Served {
+    /// Unmounts for good (also when an earlier process made the mount)
+    /// and waits for the request loop to end.
+    pub fn unmount(self, mountpoint: &Path) -> std::io::Result<()> {
+        unmount(mountpoint)?;
+        self.session.join()
     }
+}
+
+fn session_config(settings: &MountSettings) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("dfcache".into()),
@@ -79,13 +114,24 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(settings.threads.max(1));
-    config.clone_fd = settings.threads > 1;
-    let session = fuser::spawn_mount(
-        FuseAdapter::new(fs.clone(), rt, settings.passthrough),
-        mountpoint,
-        &config,
-    )
-    .map_err(|source| {
+    config.clone_fd = settings.threads > 1 && !settings.hand_over;
+    config
+}
+
+/// Mounts `fs` at `mountpoint`; requests run on `rt`. The mount goes away
+/// when the returned session is unmounted (or, without a holder, dropped).
+pub fn mount(
+    fs: Arc<DfcacheFs>,
+    mountpoint: &Path,
+    settings: &MountSettings,
+    rt: tokio::runtime::Handle,
+) -> Result<Served, MountError> {
+    clear_stale_mount(mountpoint)?;
+    if !mountpoint.is_dir() {
+        return Err(MountError::NotADirectory(mountpoint.to_path_buf()));
+    }
+    let config = session_config(settings);
+    let mount_error = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::PermissionDenied && !dev_fuse_opens() {
             return MountError::DevFuseClosed {
                 path: mountpoint.to_path_buf(),
@@ -95,13 +141,139 @@ pub fn mount(
             path: mountpoint.to_path_buf(),
             source,
         }
-    })?;
+    };
+    let journal = match settings.hand_over {
+        true => {
+            let journal = Arc::new(Journal::create().map_err(|e| MountError::Takeover {
+                path: mountpoint.to_path_buf(),
+                source: e,
+            })?);
+            fs.attach_journal(journal.clone());
+            Some(journal)
+        }
+        false => None,
+    };
+    let gate = Arc::new(Gate::default());
+    let adapter = FuseAdapter::new(fs.clone(), rt, settings.passthrough, gate.clone());
+    let negotiated = adapter.negotiated();
+    let session = Session::new(adapter, mountpoint, &config).map_err(mount_error)?;
+    let negotiated = negotiated.get().copied().unwrap_or_default();
+    fs.state_log()
+        .connection(negotiated.minor, negotiated.passthrough, 0);
+    let held = match journal {
+        Some(journal) => Some(Held {
+            fuse: connection::share(session.as_fd()).map_err(mount_error)?,
+            state: journal.fd().try_clone_to_owned().map_err(mount_error)?,
+        }),
+        None => None,
+    };
+    let session = session.spawn().map_err(mount_error)?;
     fs.attach_page_cache(Arc::new(KernelPageCache(session.notifier())));
     if settings.kernel_read_ahead_kb > 0 {
         raise_read_ahead(mountpoint, settings.kernel_read_ahead_kb);
     }
     info!(mountpoint = %mountpoint.display(), "mounted");
-    Ok(session)
+    Ok(Served {
+        session,
+        gate,
+        held,
+        adopted: false,
+    })
+}
+
+/// Serves the mount at `mountpoint` on a connection an earlier process
+/// served (`held`, from its holder): restores the names the kernel holds
+/// from the state journal, has the kernel resend the requests that process
+/// left unanswered, and serves. `fs` must not have served anything yet.
+pub fn adopt(
+    fs: Arc<DfcacheFs>,
+    held: Held,
+    mountpoint: &Path,
+    settings: &MountSettings,
+    rt: tokio::runtime::Handle,
+) -> Result<Served, MountError> {
+    let takeover_error = |source: JournalError| MountError::Takeover {
+        path: mountpoint.to_path_buf(),
+        source,
+    };
+    let (journal, records) = Journal::open(held.state).map_err(takeover_error)?;
+    let journal = Arc::new(journal);
+    fs.attach_journal(journal.clone());
+    let restored = fs.restore(records);
+    let negotiated = match &restored.connection {
+        Some(c) => Negotiated {
+            minor: c.minor,
+            passthrough: c.passthrough,
+        },
+        None => {
+            warn!("the state journal does not say what the connection negotiated; assuming no passthrough");
+            Negotiated::default()
+        }
+    };
+    let gate = Arc::new(Gate::default());
+    let adapter = FuseAdapter::adopted(
+        fs.clone(),
+        rt,
+        settings.passthrough,
+        gate.clone(),
+        negotiated,
+    );
+    let passthrough = adapter.passthrough();
+    let shared = connection::share(held.fuse.as_fd()).map_err(|source| MountError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
+    let session = Session::from_initialized_fd(
+        adapter,
+        held.fuse,
+        session_config(settings).acl,
+        session_config(settings),
+    );
+    if let Some(passthrough) = passthrough {
+        passthrough.restore(
+            &restored.opens,
+            &session.notifier(),
+            |ino| fs.task_of(ino),
+            fs.local_content(),
+        );
+    }
+    if negotiated.minor >= RESEND_MINOR {
+        match connection::resend_unanswered(shared.as_fd()) {
+            Ok(()) => info!("asked the kernel to resend the requests left unanswered"),
+            Err(e) => {
+                warn!(error = %e, "the kernel refused FUSE_NOTIFY_RESEND: requests the previous process read and did not answer wait until the mount is unmounted")
+            }
+        }
+    } else {
+        warn!(
+            minor = negotiated.minor,
+            "this kernel cannot resend requests (FUSE 7.40, Linux 6.9): requests the previous process read and did not answer wait until the mount is unmounted"
+        );
+    }
+    let session = session.spawn().map_err(|source| MountError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
+    fs.attach_page_cache(Arc::new(KernelPageCache(session.notifier())));
+    if settings.kernel_read_ahead_kb > 0 {
+        raise_read_ahead(mountpoint, settings.kernel_read_ahead_kb);
+    }
+    info!(mountpoint = %mountpoint.display(), generation = restored.generation, "took the mount over");
+    Ok(Served {
+        session,
+        gate,
+        held: Some(Held {
+            fuse: shared,
+            state: journal
+                .fd()
+                .try_clone_to_owned()
+                .map_err(|source| MountError::Mount {
+                    path: mountpoint.to_path_buf(),
+                    source,
+                })?,
+        }),
+        adopted: true,
+    })
 }
 
 /// The kernel's page cache of the mount, reached by FUSE notifications.
@@ -137,8 +309,9 @@ pub fn clear_stale_mount(mountpoint: &Path) -> Result<(), MountError> {
     }
     // statfs always reaches the file system (stat may be answered from the
     // kernel's attribute cache even when the process behind it is gone).
-    match statfs(mountpoint) {
-        Err(e)
+    // A connection that someone holds but nobody serves never answers.
+    match statfs_within(mountpoint, STALE_CHECK) {
+        Some(Err(e))
             if e.raw_os_error() == Some(libc::ENOTCONN)
                 || e.raw_os_error() == Some(libc::ECONNABORTED) =>
         {
@@ -148,7 +321,56 @@ pub fn clear_stale_mount(mountpoint: &Path) -> Result<(), MountError> {
                 source,
             })
         }
-        _ => Err(MountError::AlreadyMounted(mountpoint.to_path_buf())),
+        None => Err(MountError::Unanswered(mountpoint.to_path_buf())),
+        Some(_) => Err(MountError::AlreadyMounted(mountpoint.to_path_buf())),
+    }
+}
+
+/// How long a mount at the mount point has to answer statfs before it is
+/// taken for one that nobody serves.
+const STALE_CHECK: Duration = Duration::from_secs(3);
+
+/// statfs of `path`, or None when it has not answered within `limit` (the
+/// thread asking is left behind, blocked until the mount answers or goes).
+fn statfs_within(path: &Path, limit: Duration) -> Option<std::io::Result<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("statfs".into())
+        .spawn(move || {
+            let _ = tx.send(statfs(&path));
+        })
+        .ok()?;
+    rx.recv_timeout(limit).ok()
+}
+
+/// Unmounts `mountpoint` (fusermount3 -u for a user other than root), as
+/// fuser's own unmount does, but for a mount this process may not have
+/// made.
+pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path =
+        std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `path` is a valid NUL-terminated string for the call's duration.
+    if unsafe { libc::umount(path.as_ptr()) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "fusermount3 -u: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 

@@ -254,6 +254,7 @@ impl DfcacheFs {
             return Err(Errno::EISDIR);
         }
         dir.meta().apply(change);
+        self.inodes().log.import_dir(dir);
         Ok(self.import_dir_attr(dir))
     }
 

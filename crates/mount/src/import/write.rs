@@ -126,10 +126,15 @@ impl DfcacheFs {
             }
             *state = self.start_import()?;
             dfcache_metrics::mount().import_started();
-            let mut meta = node.meta();
-            meta.started = Instant::now();
-            meta.mtime = SystemTime::now();
-            meta.perm |= 0o200;
+            {
+                let mut meta = node.meta();
+                meta.started = Instant::now();
+                meta.mtime = SystemTime::now();
+                meta.perm |= 0o200;
+            }
+            let inodes = self.inodes();
+            inodes.log.import_file(node);
+            inodes.log.outcome(node.ino, None);
         }
         node.meta().writers += 1;
         Ok(())
@@ -247,6 +252,11 @@ impl DfcacheFs {
                 dfcache_metrics::mount().import_finished(finished.content_length, took);
                 ImportState::log_finished(&name, &finished);
                 self.register_task(&finished);
+                {
+                    let inodes = self.inodes();
+                    inodes.log.import_file(node);
+                    inodes.log.outcome(node.ino, Some(&finished));
+                }
                 *state = ImportState::Finished(finished);
                 Ok(())
             }

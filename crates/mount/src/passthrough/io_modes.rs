@@ -106,14 +106,14 @@ impl<B> IoModes<B> {
     }
 
     /// The handle is closed: the last passthrough open of an inode drops
-    /// its backing.
-    pub fn release(&self, fh: u64) {
+    /// its backing. Whether the handle was known.
+    pub fn release(&self, fh: u64) -> bool {
         let mut inner = lock(&self.inner);
         let Some((ino, passthrough)) = inner.handles.remove(&fh) else {
-            return;
+            return false;
         };
         let Some(inode) = inner.inodes.get_mut(&ino) else {
-            return;
+            return true;
         };
         if passthrough {
             inode.passthrough = inode.passthrough.saturating_sub(1);
@@ -126,6 +126,7 @@ impl<B> IoModes<B> {
         if inode.passthrough == 0 && inode.cached == 0 {
             inner.inodes.remove(&ino);
         }
+        true
     }
 
     /// Inodes with an open file (for tests and leak checks).

@@ -146,7 +146,7 @@ impl DfcacheFs {
     /// On a daemon without range reads, starts the task's whole-task
     /// download at its open; a task the daemon holds whole lands within
     /// the open, so the open already finds it local (and passes through).
-    async fn ready_whole_task(&self, task: &TaskNode) -> Option<Reading> {
+    pub(crate) async fn ready_whole_task(&self, task: &TaskNode) -> Option<Reading> {
         if self.local.is_none() && self.fetches_whole_tasks().await {
             self.task_files.open(&task.geometry).await
         } else {

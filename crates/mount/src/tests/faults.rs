@@ -94,7 +94,7 @@ async fn a_listing_fault_fails_opendir_and_a_daemon_without_listing_shows_known_
         .unwrap()
         .iter()
         .all(|e| e.name != *id.as_str()));
-    fs.releasedir(fh);
+    fs.releasedir(TASKS_INO, fh);
     // Once opened by id, a task is known and listed.
     fs.lookup(TASKS_INO, &name(&id)).await.unwrap();
     fake.inject(Call::List, Fault::Unimplemented);

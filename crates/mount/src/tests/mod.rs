@@ -9,6 +9,7 @@ mod imports;
 mod local_files;
 mod prefetch;
 mod reads;
+mod takeover;
 
 use std::ffi::OsString;
 use std::sync::Arc;
