@@ -105,12 +105,21 @@ fn a_crashed_mount_is_replaced_by_the_next() {
     write_file(&src, MIB, 2);
     sh_ok(&format!("cp {} {}", q(&src), q(&m.import("f"))));
     let id = task_id_xattr(&m.import("f"));
-    m.crash();
+    // Its holder dies too (a reboot of the holder, an OOM kill of both):
+    // nothing is left to take over.
+    m.crash_with_holder();
     assert!(is_mounted(&m.mnt), "the crash should leave a dead mount");
     let dead = std::fs::read_dir(&m.mnt).map(|_| ()).unwrap_err();
     assert_eq!(dead.raw_os_error(), Some(107), "ENOTCONN expected: {dead}");
-    let again = Mounted::embedded(root.path(), &[]);
+    let log = root.path().join("again.log");
+    let again = m.restart(&[], Some(&log));
     sh_ok(&format!("cmp {} {}", q(&src), q(&again.task(&id))));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("no takeover: no holder answers at")
+            && said.contains("replacing a dead mount left by a crashed dfcache"),
+        "{said}"
+    );
     drop(again);
     drop(m);
     assert!(!is_mounted(&root.path().join("mnt")));

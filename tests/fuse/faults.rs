@@ -137,8 +137,9 @@ fn fsync_of_an_import_commits_it_so_a_mount_killed_right_after_loses_nothing() {
 
         let mut writer = write_fsync_and_hold(&src, &m.import("f"));
         assert_eq!(writer.line(), "synced", "spool: {spool}");
-        // fsync returned 0: the task is there even if the mount dies now.
-        m.crash();
+        // fsync returned 0: the task is there even if the mount dies now
+        // (and its holder: nothing takes it over).
+        m.crash_with_holder();
         drop(writer);
 
         let id = expected_id(&src);
@@ -151,6 +152,7 @@ fn fsync_of_an_import_commits_it_so_a_mount_killed_right_after_loses_nothing() {
 
 #[test]
 fn a_mount_killed_mid_cp_fails_cp_keeps_no_task_and_a_new_mount_works_at_once() {
+    // The holder went with it: nothing to take over, the mount is dead.
     for mode in ["streaming", "spool", "embedded"] {
         let root = tempdir();
         let spool = root.path().join("spool");
@@ -172,7 +174,7 @@ fn a_mount_killed_mid_cp_fails_cp_keeps_no_task_and_a_new_mount_works_at_once() 
                 std::fs::read_dir(&spool).is_ok_and(|d| d.count() > 0)
             });
         }
-        m.crash();
+        m.crash_with_holder();
         drop(writer);
         let out = cp.wait_with_output().unwrap();
         assert!(
@@ -322,7 +324,7 @@ fn an_import_whose_close_returned_survives_a_power_loss_of_the_embedded_store() 
 
     // Power cut right after close() returned; the mount dies with it.
     fs.go_down_without_flushing();
-    m.crash();
+    m.crash_with_holder();
     drop(m);
     fs.unmount();
     fs.mount();

@@ -13,6 +13,17 @@ use crate::common::{bin, succeeded, terminate, Daemon};
 pub struct Mounted {
     pub child: Option<Child>,
     pub mnt: PathBuf,
+    /// Where the mount's holder listens (`--holder-socket`), so a holder
+    /// left by a crashed mount is found and ended with the test.
+    pub holder_socket: PathBuf,
+    /// The arguments it was started with, for `restart`.
+    args: Vec<std::ffi::OsString>,
+    wrapper: Vec<String>,
+    /// A later process serves this mount point (`restart`): dropping this
+    /// one leaves the holder and the mount alone.
+    succeeded: bool,
+    /// It has a holder process (the default `--holder process`).
+    held: bool,
     /// Mounted in a private mount namespace (the child's): checked and
     /// driven through `nsenter`, and gone with the namespace.
     in_namespace: bool,
@@ -56,7 +67,7 @@ impl Mounted {
         mnt: &Path,
         args: &[impl AsRef<std::ffi::OsStr>],
     ) -> Mounted {
-        Self::spawn(wrapper, !wrapper.is_empty(), mnt, args)
+        Self::spawn(wrapper, !wrapper.is_empty(), mnt, args, None)
     }
 
     /// `dfcache mount mnt ARGS` run by `as_user` (a command prefix that
@@ -67,7 +78,40 @@ impl Mounted {
         mnt: &Path,
         args: &[impl AsRef<std::ffi::OsStr>],
     ) -> Mounted {
-        Self::spawn(as_user, false, mnt, args)
+        Self::spawn(as_user, false, mnt, args, None)
+    }
+
+    /// `dfcache mount mnt ARGS` with its log (stderr) in `log`, appended.
+    pub fn start_logged(mnt: &Path, args: &[impl AsRef<std::ffi::OsStr>], log: &Path) -> Mounted {
+        Self::spawn(&[], false, mnt, args, Some(log))
+    }
+
+    /// The same mount started again at the same place, with the same
+    /// arguments (and `extra`), as a restarted container or systemd's
+    /// `Restart=` does; waits until it serves.
+    pub fn restart(&mut self, extra: &[&str], log: Option<&Path>) -> Mounted {
+        let mut args = self.args.clone();
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        self.succeeded = true;
+        let mut next = Self::spawn(&self.wrapper, self.in_namespace, &self.mnt, &args, log);
+        // Its own restart is with the arguments it was first started with.
+        next.args = self.args.clone();
+        next
+    }
+
+    /// Waits (`secs` at most) for the mount process to exit by itself (it
+    /// handed over); its exit status.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("mount already stopped");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the mount") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the mount process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn spawn(
@@ -75,9 +119,26 @@ impl Mounted {
         in_namespace: bool,
         mnt: &Path,
         args: &[impl AsRef<std::ffi::OsStr>],
+        log: Option<&Path>,
     ) -> Mounted {
         let mnt = mnt.to_path_buf();
-        std::fs::create_dir_all(&mnt).unwrap();
+        // Only the parent: a mount held for the next process answers
+        // nothing until one serves it.
+        std::fs::create_dir_all(mnt.parent().unwrap()).unwrap();
+        let _ = std::fs::create_dir(&mnt);
+        let args: Vec<std::ffi::OsString> =
+            args.iter().map(|a| a.as_ref().to_os_string()).collect();
+        let holder_socket = holder_socket_of(&mnt, &args);
+        let stderr = match log {
+            Some(log) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("open the mount's log"),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -86,22 +147,44 @@ impl Mounted {
             }
             None => Command::new(bin()),
         };
+        // A holder process: the default, unless the arguments or the
+        // environment choose another holder.
+        let holder = match args.iter().position(|a| a == "--holder") {
+            Some(i) => args.get(i + 1).map(|a| a.to_string_lossy().into_owned()),
+            None => std::env::var("DFCACHE_HOLDER").ok(),
+        };
+        let held = holder.is_none_or(|h| h == "process");
+        let own_holder = !args
+            .iter()
+            .any(|a| a == "--holder-socket" || a == "--holder");
+        let level = match log {
+            Some(_) => "info".to_string(),
+            None => std::env::var("DFCACHE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        };
         let child = command
             .arg("mount")
             .arg(&mnt)
-            .args(args)
-            .env(
-                "DFCACHE_LOG_LEVEL",
-                std::env::var("DFCACHE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            .args(&args)
+            .args(
+                own_holder
+                    .then(|| ["--holder-socket".as_ref(), holder_socket.as_os_str()])
+                    .into_iter()
+                    .flatten(),
             )
+            .env("DFCACHE_LOG_LEVEL", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn dfcache mount");
         let mut m = Mounted {
             child: Some(child),
             mnt,
+            holder_socket,
+            args,
+            wrapper: wrapper.to_vec(),
+            succeeded: false,
+            held,
             in_namespace,
             as_user: if in_namespace {
                 Vec::new()
@@ -124,7 +207,7 @@ impl Mounted {
                     self.sh_ok(&format!("test -d {}", q(&self.path("import"))));
                     return;
                 }
-            } else if is_mounted(&self.mnt) && self.import_dir_opens() {
+            } else if is_mounted(&self.mnt) && self.import_dir_opens() && self.is_held() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -135,6 +218,19 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("{} was not mounted", self.mnt.display());
+    }
+
+    /// Whether the mount's holder (if it has one) holds its connection: a
+    /// crash before it does leaves nothing to take over.
+    fn is_held(&self) -> bool {
+        !self.held
+            || holder_pids(&self.holder_socket).iter().any(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path()).is_ok_and(|l| l == Path::new("/dev/fuse"))
+                    })
+                })
+            })
     }
 
     /// Whether import/ opens, for the user who mounted.
@@ -179,11 +275,31 @@ impl Mounted {
         }
     }
 
-    /// SIGKILL the mount process, as a crash (the mount stays, dead).
+    /// SIGKILL the mount process, as a crash or an OOM kill: its holder
+    /// keeps the mount for the next process (programs using it wait).
     pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL the mount process and its holder: nothing is left to take
+    /// over, and the mount stays, dead (ENOTCONN), as after a reboot of
+    /// the holder or a mount with `--holder none`.
+    pub fn crash_with_holder(&mut self) {
+        self.crash();
+        self.kill_holder();
+    }
+
+    /// SIGKILL of the holder of this mount, if one runs.
+    pub fn kill_holder(&self) {
+        for pid in holder_pids(&self.holder_socket) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            eventually_gone(pid);
         }
     }
 
@@ -195,12 +311,77 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if self.succeeded {
+            // A process that handed over exits by itself; a SIGTERM would
+            // unmount its successor's mount.
+            if self.child.is_some() && !std::thread::panicking() {
+                self.wait_exit(10);
+            }
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return;
+        }
         self.stop();
+        // A crashed mount's holder would keep it (and its programs
+        // waiting) for minutes.
+        self.kill_holder();
         // A namespace's mounts vanish with it.
         if !self.in_namespace && is_mounted(&self.mnt) {
             // The process is gone but the mount is not: detach it.
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
+    }
+}
+
+/// The holder socket of a mount at `mnt` started with `args`: theirs, or
+/// one beside the mount point, which its user may create.
+fn holder_socket_of(mnt: &Path, args: &[std::ffi::OsString]) -> PathBuf {
+    if let Some(i) = args.iter().position(|a| a == "--holder-socket") {
+        if let Some(socket) = args.get(i + 1) {
+            return PathBuf::from(socket);
+        }
+    }
+    let mut name = mnt.file_name().unwrap_or_default().to_os_string();
+    name.push(".holder.sock");
+    mnt.with_file_name(name)
+}
+
+/// Processes running `dfcache mount-holder --socket SOCKET`.
+pub fn holder_pids(socket: &Path) -> Vec<u32> {
+    let want = socket.as_os_str().as_encoded_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&&b"mount-holder"[..]) && args.contains(&want)
+        })
+        .collect()
+}
+
+/// Waits (10 s at most) until process `pid` is gone, or a zombie (its
+/// parent may be gone too, and nobody reaps it): its descriptors are
+/// closed either way.
+pub fn eventually_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // "pid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+    };
+    while Instant::now() < deadline && running() {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -300,7 +481,21 @@ pub struct Python {
 
 impl Python {
     pub fn start(code: &str, args: &[&Path]) -> Python {
-        let mut child = Command::new("python3")
+        Self::start_in(&[], code, args)
+    }
+
+    /// python3 run by `prefix` (a command that runs the rest, such as
+    /// `unshare -m --propagation slave`).
+    pub fn start_in(prefix: &[&str], code: &str, args: &[&Path]) -> Python {
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg("python3");
+                c
+            }
+            None => Command::new("python3"),
+        };
+        let mut child = command
             .arg("-c")
             .arg(code)
             .args(args)

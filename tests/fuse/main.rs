@@ -20,6 +20,8 @@ mod misc;
 mod passthrough;
 mod read;
 mod scale;
+mod takeover;
+mod takeover_soak;
 mod tree_prefetch;
 mod trees;
 mod unprivileged;
