@@ -268,7 +268,7 @@ fn section<'a>(unit: &'a str, name: &str) -> Vec<(&'a str, &'a str)> {
 }
 
 #[test]
-fn the_systemd_unit_mounts_unmounts_on_stop_and_restarts_on_failure() {
+fn the_systemd_unit_keeps_the_mount_across_a_restart_unmounts_on_stop_and_restarts_on_failure() {
     let path = deploy("systemd/dfcache-mount.service");
     let unit = read(&path);
     let service = section(&unit, "Service");
@@ -281,9 +281,22 @@ fn the_systemd_unit_mounts_unmounts_on_stop_and_restarts_on_failure() {
     };
     let start: Vec<&str> = get("ExecStart").split_whitespace().collect();
     assert_eq!(&start[..2], ["/usr/local/bin/dfcache", "mount"]);
-    let mountpoint = start[2];
-    let stop: Vec<&str> = get("ExecStop").split_whitespace().collect();
-    assert_eq!(stop, ["/usr/bin/fusermount3", "-u", "-z", mountpoint]);
+    // The mount's connection and state in the file-descriptor store
+    // (tests/fuse/systemd.rs plays this protocol against a real mount).
+    assert!(
+        start.windows(2).any(|w| w == ["--holder", "systemd"]),
+        "{start:?}"
+    );
+    assert_eq!(get("Type"), "notify");
+    assert!(get("FileDescriptorStoreMax").parse::<u32>().unwrap() >= 2);
+    // restart steps down (the mount stays in the store); stop unmounts.
+    assert_eq!(get("RestartKillSignal"), "SIGUSR2");
+    assert_eq!(get("KillSignal"), "SIGTERM");
+    // Anything run at stop would run at every restart too.
+    assert!(
+        !service.iter().any(|(k, _)| k.starts_with("ExecStop")),
+        "{service:?}"
+    );
     assert_eq!(get("Restart"), "on-failure");
     let flags: Vec<&str> = start
         .iter()

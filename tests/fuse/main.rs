@@ -20,6 +20,7 @@ mod misc;
 mod passthrough;
 mod read;
 mod scale;
+mod systemd;
 mod takeover;
 mod takeover_soak;
 mod tree_prefetch;
