@@ -4,10 +4,12 @@
 //! says; the dfdaemon socket directory is a hostPath mounted
 //! where DFCACHE_ENDPOINT points; every DFCACHE_PATH_MAPPING entry maps a
 //! mounted volume's mountPath to that volume's hostPath; the node
-//! DaemonSet unmounts in preStop and probes its mount point; a warm-up
-//! runs as an init container on the node's dfdaemon; the Dockerfile is
-//! multi-stage with fusermount3 in the final image; the
-//! systemd unit unmounts on stop, restarts on failure and passes
+//! DaemonSet probes its mount point, keeps the mount in a holder container
+//! beside dfcache (on a shared socket) and unmounts in the holder's
+//! preStop; a warm-up runs as an init container on the node's dfdaemon;
+//! the Dockerfile is multi-stage with fusermount3 in the final image; the
+//! systemd unit keeps the mount in its file-descriptor store across a
+//! restart, unmounts on stop, restarts on failure and passes
 //! `systemd-analyze verify`. The CSI driver object is what inline
 //! volumes need; the plugin's socket is where the registrar tells kubelet;
 //! a pod reading through the driver has no hostPath and no privileges; the
@@ -50,6 +52,13 @@ for name, kind in sorted(expected.items()):
     volumes = {v["name"]: v for v in spec["volumes"]}
     containers = spec.get("initContainers", []) + spec["containers"]
     inits = [c["name"] for c in spec.get("initContainers", [])]
+    holders = {}
+    for c in containers:
+        if c.get("command", [])[:2] == ["dfcache", "mount-holder"]:
+            command = c["command"]
+            socket = command[command.index("--socket") + 1]
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            holders[socket] = (c, mounts[socket.rsplit("/", 1)[0]]["name"])
     for c in containers:
         env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
         mounts = {m["mountPath"]: (volumes[m["name"]], m) for m in c.get("volumeMounts", [])}
@@ -117,8 +126,19 @@ for name, kind in sorted(expected.items()):
         if kind == "DaemonSet":
             probe = c["livenessProbe"]["exec"]["command"]
             assert any(a.startswith(mountpoint + "/") for a in probe), ("probe", probe)
-            stop = c["lifecycle"]["preStop"]["exec"]["command"]
+            # The mount outlives this container: a holder container beside
+            # it on a shared socket, which unmounts when the pod goes.
+            assert command[command.index("--holder") + 1] == "external", command
+            socket = command[command.index("--holder-socket") + 1]
+            holder, volume = holders[socket]
+            assert mounts[socket.rsplit("/", 1)[0]][1]["name"] == volume, ("socket volume", c["name"])
+            assert "lifecycle" not in c, ("a preStop of the dfcache container would unmount on every restart", c["name"])
+            stop = holder["lifecycle"]["preStop"]["exec"]["command"]
             assert stop[0] in ("fusermount3", "umount") and stop[-1] == mountpoint, ("preStop", stop)
+            assert holder["securityContext"]["privileged"], "the holder's preStop unmounts"
+            hmounts = {m["mountPath"]: m for m in holder["volumeMounts"]}
+            assert any(mountpoint.startswith(p.rstrip("/") + "/") and m.get("mountPropagation") == "Bidirectional"
+                       for p, m in hmounts.items()), ("the holder sees the mount", hmounts)
         if c in spec.get("initContainers", []):
             # A native sidecar: the app starts once the mount answers.
             assert c.get("restartPolicy") == "Always", (name, c["name"])
