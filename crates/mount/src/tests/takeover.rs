@@ -196,11 +196,12 @@ async fn a_listing_open_before_the_takeover_answers_from_the_same_snapshot() {
 async fn a_listing_of_a_tree_directory_is_taken_again_from_its_manifest() {
     let fake = FakeDaemon::new(DEADLINE);
     let (fs, journal) = journaled(&fake);
-    let (_, fh) = write_import(&fs, IMPORT_INO, "w", &bytes(MIB, 4)).await;
-    fs.release(fh).await.unwrap();
     let dir = fs.mkdir(IMPORT_INO, &name("t"), 0o755, 0, 0).await.unwrap();
-    let (_, fh) = write_import(&fs, dir.ino, "a", &bytes(MIB, 5)).await;
-    fs.release(fh).await.unwrap();
+    for (n, seed) in [("a", 4), ("b", 5)] {
+        let (_, fh) = write_import(&fs, dir.ino, n, &bytes(MIB, seed)).await;
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
     let tree_id = fs
         .getxattr(dir.ino, &name(TREE_ID_XATTR))
         .await
@@ -209,6 +210,7 @@ async fn a_listing_of_a_tree_directory_is_taken_again_from_its_manifest() {
     let root = fs.lookup(TREES_INO, &name(&tree_id)).await.unwrap().ino;
     let fh = fs.opendir(root).await.unwrap();
     let before = fs.dir_listing(fh).unwrap();
+    assert_eq!(before.len(), 2 + 2);
     drop(fs);
     let fs = taken_over(&fake, &journal);
     assert!(fs.dir_listing(fh).is_err() && fs.is_unknown_earlier_handle(fh));
