@@ -536,7 +536,7 @@ impl Real {
                             .collect()
                     })
                     .unwrap_or_default();
-                fs.releasedir(fh);
+                fs.releasedir(IMPORT_INO, fh);
                 Outcome::Names(names)
             }
             Op::Xattr(f) => {

@@ -202,10 +202,7 @@ async fn a_listing_of_a_tree_directory_is_taken_again_from_its_manifest() {
         fs.flush(fh).await.unwrap();
         fs.release(fh).await.unwrap();
     }
-    let tree_id = fs
-        .getxattr(dir.ino, &name(TREE_ID_XATTR))
-        .await
-        .unwrap();
+    let tree_id = fs.getxattr(dir.ino, &name(TREE_ID_XATTR)).await.unwrap();
     let tree_id = String::from_utf8(tree_id).unwrap();
     let root = fs.lookup(TREES_INO, &name(&tree_id)).await.unwrap().ino;
     let fh = fs.opendir(root).await.unwrap();

@@ -294,7 +294,11 @@ impl Holder {
             Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
             Ok(cred) => {
                 warn!(uid = cred.uid(), "holder: refused a client of another user");
-                let _ = send(conn.as_fd(), &Message::Failed("not the mount's owner".into()), &[]);
+                let _ = send(
+                    conn.as_fd(),
+                    &Message::Failed("not the mount's owner".into()),
+                    &[],
+                );
                 return;
             }
             Err(_) => return,
