@@ -157,6 +157,9 @@ fn fopen_flags(opened: Opened) -> FopenFlags {
     if opened.direct_io {
         flags |= FopenFlags::FOPEN_DIRECT_IO;
     }
+    if opened.no_flush {
+        flags |= FopenFlags::FOPEN_NOFLUSH;
+    }
     flags
 }
 

@@ -34,6 +34,11 @@ pub struct Opened {
     /// into import/ spent 1.9-2.1 s of system time with the cache, 0.3-1.4 s
     /// without).
     pub direct_io: bool,
+    /// The kernel need not send FLUSH at close: a read-only open has
+    /// nothing to flush, and a close that waits on the mount would wait for
+    /// the next process while nobody serves it (a crash), including the
+    /// close of every descriptor a program forks with at its child's exec.
+    pub no_flush: bool,
 }
 
 impl Opened {
@@ -43,6 +48,7 @@ impl Opened {
             fh,
             keep_cache: matches!(file.node, Node::Task(_)),
             direct_io: file.writable,
+            no_flush: !file.writable,
         }
     }
 }

@@ -169,7 +169,8 @@ impl KernelPassthrough {
             Ok(Some(backing)) => {
                 debug!(ino, fh, "opened in passthrough");
                 dfcache_metrics::mount::passthrough_opened();
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing.id);
+                // Read-only, like every passthrough open: no FLUSH at close.
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &backing.id);
             }
             Ok(None) | Err(NoBacking::NoLocalFile) => reply.opened(FileHandle(fh), flags),
             Err(NoBacking::Refused(e)) => {
