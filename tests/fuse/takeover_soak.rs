@@ -115,6 +115,16 @@ impl Drop for StopOnDrop {
     }
 }
 
+fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| format!("{:?}", std::fs::read_link(e.path())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn fds_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -217,18 +227,19 @@ fn soak(passthrough: bool) {
         let holders = holder_pids(&m.holder_socket);
         assert_eq!(holders.len(), 1, "cycle {cycle}: holders {holders:?}");
         assert_eq!(mount_processes(&m.mnt), 1, "cycle {cycle}");
-        // The holder's descriptors do not grow (after a crash and after a
-        // handover it holds one or two for its server); this process's
-        // move with its threads' opens and children, and are counted at
-        // the end.
+        // The holder's descriptors do not grow: a leak of one per cycle
+        // shows within three (a connection it is still answering, or a
+        // server's pidfd, comes and goes); this process's move with its
+        // threads' opens and children, and are counted at the end.
         let fds = fds_of(holders[0]);
         let base = match cycle {
             0 | 1 => *baseline.insert(fds.max(baseline.unwrap_or(0))),
             _ => baseline.unwrap_or(fds),
         };
         assert!(
-            fds <= base,
-            "cycle {cycle}: the holder has {fds} descriptors, at most {base} after the first two cycles"
+            fds <= base + 2,
+            "cycle {cycle}: the holder has {fds} descriptors, {base} after the first two cycles: {:?}",
+            fd_targets(holders[0])
         );
     }
     stop.store(true, Ordering::Relaxed);
