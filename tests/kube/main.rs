@@ -177,7 +177,6 @@ fn the_deploy_manifests_run_under_podman() {
         true,
     );
     let mount_container = node_pod.container("dfcache");
-    let plugin_container = node_pod.container("csi-plugin");
     let mnt = node.host(NODE_MOUNT);
     wait_statfs(&mnt.join("import"), 60);
     let probe = container_command(
