@@ -40,6 +40,7 @@ python3 - "$OUT" << 'EOF'
 import glob, os, re, statistics, sys
 out = sys.argv[1]
 num = re.compile(r"\d+(?:\.\d+)?")
+log = re.compile(r"\S*\d{4}-\d\d-\d\dT")
 for name in ("mount", "trees"):
     runs = {}
     for label in "AB":
@@ -47,7 +48,10 @@ for name in ("mount", "trees"):
         for path in sorted(glob.glob(os.path.join(out, f"{name}.{label}.*"))):
             lines = open(path).read().splitlines()
             start = next(i for i, l in enumerate(lines) if l.startswith("medians"))
-            runs[label].append([l for l in lines[start + 1:] if num.search(l)])
+            # Log lines (a timestamp first) are not figures: B's runs log
+            # each takeover, A's do not.
+            runs[label].append([l for l in lines[start + 1:]
+                                if num.search(l) and not log.match(l)])
     print(f"\nbench-{name}.sh: A = --holder none, B = the default holder (medians of 2 runs each)")
     for i, line in enumerate(runs["A"][0]):
         cells = []
