@@ -4,19 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn signal(daemon: &Daemon, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(sig)
-        .arg(daemon.child.id().to_string())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig}");
-}
 
 #[test]
 fn every_command_fails_within_its_call_timeout_while_the_daemon_is_frozen() {
@@ -28,7 +18,7 @@ fn every_command_fails_within_its_call_timeout_while_the_daemon_is_frozen() {
     let out = root.path().join("out.bin");
     let out_arg = out.to_str().unwrap().to_string();
 
-    signal(&daemon, "-STOP");
+    daemon.signal("-STOP");
     let commands: Vec<Vec<&str>> = vec![
         vec!["stat", &id],
         vec!["ls"],
@@ -44,7 +34,7 @@ fn every_command_fails_within_its_call_timeout_while_the_daemon_is_frozen() {
         let run = daemon.cli(&full);
         results.push((args.clone(), run, started.elapsed()));
     }
-    signal(&daemon, "-CONT");
+    daemon.signal("-CONT");
     for (args, run, took) in results {
         let err = failure(&run);
         // A call that got no answer, or a connection that broke waiting.

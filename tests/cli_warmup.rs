@@ -277,15 +277,6 @@ fn retries_with_backoff_carry_a_warm_up_through_a_daemon_restart() {
     daemon.ok(&["warmup", "-r", "--check", &tree]);
 }
 
-fn signal(daemon: &Daemon, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(sig)
-        .arg(daemon.child.id().to_string())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig}");
-}
-
 #[test]
 fn a_frozen_daemon_fails_the_warm_up_within_its_timeouts() {
     let root = tempdir();
@@ -295,7 +286,7 @@ fn a_frozen_daemon_fails_the_warm_up_within_its_timeouts() {
     write_file(&src, MIB, 3);
     let task = daemon.ok(&["import", src.to_str().unwrap()]);
 
-    signal(&daemon, "-STOP");
+    daemon.signal("-STOP");
     let timed = |args: &[&str]| {
         let started = Instant::now();
         let out = daemon.cli(args);
@@ -345,7 +336,7 @@ fn a_frozen_daemon_fails_the_warm_up_within_its_timeouts() {
         "{err}"
     );
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    signal(&daemon, "-CONT");
+    daemon.signal("-CONT");
 
     eventually("the daemon to answer again", 20, || {
         daemon.cli(&["ls"]).status.success()

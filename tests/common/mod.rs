@@ -31,6 +31,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Sends `sig` (`kill`'s form: `-STOP`, `-CONT`) to the daemon.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    }
+
     /// Starts a daemon with its store in `root/store` and socket `root/d.sock`.
     pub fn start(root: &Path) -> Daemon {
         Self::start_with(root, &[])
