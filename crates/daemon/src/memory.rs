@@ -13,10 +13,10 @@
 //! |---|---|---|
 //! | an import's receive window, message being decoded, chunk queue and first two blocks | [`TransferMemory::import_share`] | once the import may start (after its `--max-concurrent-imports` slot), for its whole life |
 //! | an import's larger blocks (up to [`TransferMemory::block`]) | the block | when the budget has room at once; otherwise it goes on with the blocks it has |
-//! | a read's encoded messages and send buffer, and its reserve: room for one block | [`SEND_SHARE`] and a block, in one go | before its first block, until the response ends |
+//! | a read's encoded messages and send buffer, and its reserve: room for one block | [`SEND_SHARE`] and a block, in one go | before its first block; the send share until the connection has written (or discarded) its last encoded message (`server/outgoing.rs`) |
 //! | a read's block (direct, up to [`TransferMemory::block`]) or buffered read (1 MiB) | a spare block, or room free in the budget, or else room in its reserve | before it is read, until its last chunk is encoded for sending |
 //! | a short read's reply | twice its length (it and its encoded copy), in one go | before it is read, until it is sent |
-//! | a legacy download's encoded piece and its reserve: room for one piece | two pieces' length, in one go | before its first piece, until the response ends |
+//! | a legacy download's encoded piece and its reserve: room for one piece | two pieces' length, in one go | before its first piece; the encoded piece's room until the connection has written its last encoded message |
 //! | a legacy download's piece | its length, from room free in the budget, or else from its reserve | before it is read, until it is sent and written |
 //!
 //! A transfer waits for what it takes, in turn; it never fails for want of
@@ -28,9 +28,12 @@
 //! (Reads that each held a send share while waiting for a block could
 //! fill the budget with send shares and wait for ever.) An import's share is its reserve: its queue and first blocks.
 //!
-//! What is not counted is small and per connection: the window of an
-//! import still waiting for its turn ([`RECEIVE`]'s stream window) and the
-//! connection's own buffers.
+//! What is not counted is per connection: the connection's own state
+//! (about 20 KiB: 200 exports waiting under a 16 MiB budget raised the
+//! peak by 4 MiB), and the window of an import still waiting for its turn
+//! ([`RECEIVE`]'s stream window, 256 KiB), which HTTP/2 lets its client
+//! fill before the daemon reads a byte (200 imports under a 16 MiB budget:
+//! 50 MiB more than 16).
 
 use dfcache_budget::{Lease, MemoryBudget};
 use dfcache_direct_io::{BlockPool, ALIGN};
@@ -56,11 +59,13 @@ const MIN_BLOCK: usize = 1 << 20;
 const SPARE_BLOCKS: usize = 4;
 
 /// What a response being sent holds beyond its chunks, from its first
-/// block to its end: the message tonic encodes (a copy of a 1 MiB chunk,
-/// the chunk's own bytes given back once copied) and hyper's send buffer
-/// (400 KiB a stream). Uncounted, 50 exports at once held about 90 MiB
-/// more than their blocks.
-pub const SEND_SHARE: u64 = 2 << 20;
+/// block until the connection has written its last message: the messages
+/// tonic encodes (a copy of a 1 MiB chunk each, the chunk's own bytes
+/// given back once copied) waiting in hyper's and the connection's
+/// queues. Uncounted, 50 exports at once held about 90 MiB more than
+/// their blocks. Room for what hyper and h2 keep in flight for a stream:
+/// about two encoded chunks (see `server/outgoing.rs`).
+pub const SEND_SHARE: u64 = 3 << 20;
 
 /// The daemon's budget and the sizes it implies.
 #[derive(Clone)]

@@ -5,6 +5,7 @@ mod download;
 pub(crate) mod feed;
 mod link;
 mod listener;
+mod outgoing;
 mod output;
 pub(crate) mod read;
 pub(crate) mod reply;
@@ -128,6 +129,7 @@ pub async fn serve(
         .initial_connection_window_size(RECEIVE.connection)
         .max_concurrent_streams(DAEMON_MAX_STREAMS)
         .layer(dfcache_metrics::rpc_layer::RpcMetricsLayer)
+        .layer(outgoing::OutgoingLayer)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
@@ -339,7 +341,6 @@ impl DfdaemonDownload for Daemon {
             self.progress_timeout,
         )
         .await
-        .map(Response::new)
     }
 
     type DownloadPersistentCacheTaskStream = ResponseStream<DownloadPersistentCacheTaskResponse>;
@@ -378,7 +379,6 @@ impl DfdaemonDownload for Daemon {
             self.progress_timeout,
         )
         .await
-        .map(Response::new)
         .map_err(|s| self.as_released(s))
     }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::Status;
+use tonic::{Response, Status};
 use tracing::{info, info_span, warn, Instrument};
 
 use dfcache_budget::MemoryBudget;
@@ -25,7 +25,7 @@ use dfcache_wire::pb::dfdaemon::download_persistent_cache_task_response::Respons
 use dfcache_wire::pb::dfdaemon::*;
 
 use super::output::Output;
-use super::reply::{status_of, ResponseStream};
+use super::reply::{status_of, streamed, ResponseStream};
 
 /// Pieces read ahead of the client: one being sent, one being read (each
 /// leased from the memory budget before it is read: from what is free, or
@@ -89,7 +89,7 @@ pub async fn handle(
     acting: Acting,
     memory: &TransferMemory,
     within: Duration,
-) -> Result<ResponseStream<DownloadPersistentCacheTaskResponse>, Status> {
+) -> Result<Response<ResponseStream<DownloadPersistentCacheTaskResponse>>, Status> {
     let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     let digest = req
         .digest
@@ -153,7 +153,8 @@ pub async fn handle(
         }
         .instrument(span),
     );
-    Ok(Box::pin(rx))
+    let outgoing = rx.outgoing();
+    Ok(streamed(Box::pin(rx), outgoing))
 }
 
 async fn run(

@@ -4,7 +4,9 @@
 //! chunks it queued while it waits for budget for the next block), the
 //! response ends, and what was queued for the client (chunks holding the
 //! memory budget) is dropped at once, not when the client's connection
-//! goes.
+//! goes. What the response holds beyond its queue (its send share) is its
+//! [`Outgoing`]'s, which keeps it until the connection has written (or
+//! discarded) every message encoded from the stream.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dfcache_budget::Lease;
+
+use super::outgoing::Outgoing;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -25,8 +29,6 @@ type Queue<T> = Arc<Mutex<Shared<T>>>;
 struct Shared<T> {
     /// None once the feed stalled.
     rx: Option<mpsc::Receiver<Item<T>>>,
-    /// Memory the response holds beyond its queued items, until it ends.
-    held: Lease,
 }
 
 /// The feeding side.
@@ -34,6 +36,8 @@ pub struct Feed<T> {
     tx: mpsc::Sender<Item<T>>,
     /// The stream's queue, while the stream (and so its client) lives.
     queue: Weak<Mutex<Shared<T>>>,
+    /// Memory the response holds beyond its queued items.
+    outgoing: Arc<Outgoing>,
     within: Duration,
     /// When the client last took an item, or the queue was last empty.
     moved: Moved,
@@ -55,19 +59,19 @@ pub enum Stopped {
 /// waits longer than `within` for room stalls the response.
 pub fn feed<T: Send + 'static>(depth: usize, within: Duration) -> (Feed<T>, FeedStream<T>) {
     let (tx, rx) = mpsc::channel(depth);
-    let queue = Arc::new(Mutex::new(Shared {
-        rx: Some(rx),
-        held: Lease::empty(),
-    }));
+    let queue = Arc::new(Mutex::new(Shared { rx: Some(rx) }));
     let moved = Arc::new(Mutex::new(Instant::now()));
+    let outgoing = Outgoing::new();
     let feed = Feed {
         tx,
         queue: Arc::downgrade(&queue),
+        outgoing: outgoing.clone(),
         within,
         moved: moved.clone(),
     };
     let stream = FeedStream {
         queue,
+        outgoing,
         within,
         told: false,
         moved,
@@ -81,13 +85,11 @@ impl<T> Feed<T> {
         self.within
     }
 
-    /// Has the response hold `lease` until it ends (sent, or its client
-    /// gone or stalled): memory that outlives the items, such as their
+    /// Has the response hold `lease` until its last encoded message is
+    /// written or discarded: memory that outlives the items, such as their
     /// encoded copies waiting in the connection's send buffer.
     pub fn hold(&self, lease: Lease) {
-        if let Some(queue) = self.queue.upgrade() {
-            lock(&queue).held.merge(lease);
-        }
+        self.outgoing.hold(lease);
     }
 
     pub async fn send(&self, item: Item<T>) -> Result<(), Stopped> {
@@ -116,12 +118,12 @@ impl<T> Feed<T> {
             }
             let queued = self.tx.capacity() < self.tx.max_capacity();
             if queued && lock(&self.moved).elapsed() >= self.within {
-                // Dropped here, with the memory its items hold.
+                // Dropped here, with the memory its items hold; what
+                // the connection still queues for it is discarded.
                 if let Some(queue) = self.queue.upgrade() {
-                    let mut shared = lock(&queue);
-                    shared.rx.take();
-                    shared.held = Lease::empty();
+                    lock(&queue).rx.take();
                 }
+                self.outgoing.stall();
                 return Err(Stopped::Stalled);
             }
         }
@@ -132,9 +134,18 @@ impl<T> Feed<T> {
 /// stalled.
 pub struct FeedStream<T> {
     queue: Queue<T>,
+    outgoing: Arc<Outgoing>,
     within: Duration,
     told: bool,
     moved: Moved,
+}
+
+impl<T> FeedStream<T> {
+    /// What the response holds until its encoded messages are gone, for
+    /// the response's extensions (see `OutgoingLayer`).
+    pub fn outgoing(&self) -> Arc<Outgoing> {
+        self.outgoing.clone()
+    }
 }
 
 impl<T> Stream for FeedStream<T> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tonic::Status;
+use tonic::{Response, Status};
 use tracing::{debug, info_span, warn, Instrument};
 
 use dfcache_budget::Lease;
@@ -15,7 +15,8 @@ use dfcache_wire::domain::CHUNK_SIZE;
 use dfcache_wire::pb::dfdaemon::read_persistent_cache_task_response::Response as Msg;
 use dfcache_wire::pb::dfdaemon::*;
 
-use super::reply::{status_of, ResponseStream};
+use super::outgoing::Outgoing;
+use super::reply::{status_of, streamed, ResponseStream};
 
 /// Chunks read ahead of the client: a whole block and a few, so the next
 /// block is read from the disk while the previous one is sent.
@@ -34,7 +35,7 @@ pub async fn handle(
     extensions: bool,
     memory: &TransferMemory,
     within: Duration,
-) -> Result<ResponseStream<ReadPersistentCacheTaskResponse>, Status> {
+) -> Result<Response<ResponseStream<ReadPersistentCacheTaskResponse>>, Status> {
     let (meta, file, lease) = store.open_content(&req.task_id).map_err(status_of)?;
     if !extensions {
         req.offset = None;
@@ -115,7 +116,8 @@ pub async fn handle(
         }
         .instrument(span),
     );
-    Ok(Box::pin(rx))
+    let outgoing = rx.outgoing();
+    Ok(streamed(Box::pin(rx), outgoing))
 }
 
 /// A short range (a random read through the mount), read before the
@@ -129,10 +131,12 @@ async fn short_range(
     offset: u64,
     end: u64,
     memory: &TransferMemory,
-) -> ResponseStream<ReadPersistentCacheTaskResponse> {
-    // The reply and its encoded copy, taken in one go.
+) -> Response<ResponseStream<ReadPersistentCacheTaskResponse>> {
+    // The reply and its encoded copy, taken in one go; the copy's room is
+    // held until the connection has written it.
     let mut room = memory.budget().acquire(2 * (end - offset)).await;
-    let encoded = room.split(end - offset).unwrap_or_default();
+    let outgoing = Outgoing::new();
+    outgoing.hold(room.split(end - offset).unwrap_or_default());
     let replies: Vec<_> = match read_exact(file, offset, end, room).await {
         Ok(content) => [
             Msg::ReadPersistentCacheTaskStartedResponse(started),
@@ -153,14 +157,7 @@ async fn short_range(
         .collect(),
         Err(status) => vec![Err(status)],
     };
-    Box::pin(tokio_stream::StreamExt::map(
-        tokio_stream::iter(replies),
-        move |reply| {
-            // Held as long as the stream (`encoded` lives in this closure).
-            let _ = &encoded;
-            reply
-        },
-    ))
+    streamed(Box::pin(tokio_stream::iter(replies)), outgoing)
 }
 
 /// Where a read of `length` bytes (None: to the end) from `offset` ends,

@@ -4,9 +4,12 @@
 
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio_stream::Stream;
-use tonic::Status;
+use tonic::{Response, Status};
+
+use super::outgoing::Outgoing;
 
 use crate::caller::{Acting, ActingError};
 use crate::store::StoreError;
@@ -59,3 +62,14 @@ pub(crate) fn acting_status(path: &Path, e: ActingError) -> Status {
 }
 
 pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A streamed reply whose encoded messages hold `outgoing`'s share until
+/// the connection has written them (see `OutgoingLayer`).
+pub(crate) fn streamed<T>(
+    stream: ResponseStream<T>,
+    outgoing: Arc<Outgoing>,
+) -> Response<ResponseStream<T>> {
+    let mut response = Response::new(stream);
+    response.extensions_mut().insert(outgoing);
+    response
+}

@@ -1,0 +1,282 @@
+//! What a response's encoded messages hold until the connection has
+//! written them to the socket.
+//!
+//! tonic encodes each message of a response into a buffer of its own (a
+//! copy of a 1 MiB chunk) and hands it to hyper, whose HTTP/2 connection
+//! queues it until the socket takes it. A response's stream ending does
+//! not mean its messages are gone: the last ones wait in the connection's
+//! queue for as long as the client takes to read them. Counted only until
+//! the stream ended, they were outside the budget, and the more exports
+//! at once, the more of them waited for their clients: the daemon's peak
+//! RSS grew by about 0.3 MiB per export at once beyond its budget
+//! (`scripts/measure-concurrency.sh`: +58 MiB at 16 exports, +127 MiB at
+//! 200).
+//!
+//! So a response's send share ([`Outgoing`]) lives as long as any of its
+//! encoded messages does. [`OutgoingLayer`] wraps the body of every
+//! response that carries an `Outgoing` in its extensions, and each data
+//! frame passed to hyper holds the share until hyper drops it (written, or
+//! discarded with the stream). How much is in flight is hyper's and h2's to
+//! bound: hyper hands h2 a message once h2 has room for a byte, and h2
+//! gives room while less than 400 KiB of the stream waits; with the frame
+//! h2 keeps after writing it, about two encoded chunks, which
+//! `SEND_SHARE` covers. (Holding the body back until the share had room
+//! for the next frame cost a 1 GiB export 7 to 11% of its speed: h2 lets
+//! go of a written frame only when it next has something to do.)
+//!
+//! A response whose client stopped taking (its feed stalled) gives its
+//! share back at once, as it did before the share outlived the stream:
+//! what its connection still queues for it waits for a client that may
+//! never read, and must not hold the budget from the transfers that run.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use dfcache_budget::Lease;
+use http_body::{Body, Frame, SizeHint};
+use tonic::codegen::http;
+use tower::{Layer, Service};
+
+/// One response's send share and the encoded bytes in flight against it.
+#[derive(Default)]
+pub struct Outgoing {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    share: Lease,
+    /// Bytes handed to hyper and not yet dropped by it.
+    in_flight: u64,
+}
+
+impl Outgoing {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The response holds `lease` until its last encoded byte is gone.
+    pub fn hold(&self, lease: Lease) {
+        self.lock().share.merge(lease);
+    }
+
+    /// The client took nothing for the no-progress deadline: the share
+    /// goes back now.
+    pub fn stall(&self) {
+        self.lock().share = Lease::empty();
+    }
+
+    /// `data`, counted until hyper drops it (and every slice of it).
+    fn count(self: &Arc<Self>, data: Bytes) -> Bytes {
+        let len = data.len() as u64;
+        self.lock().in_flight += len;
+        Bytes::from_owner(InFlight {
+            data,
+            outgoing: self.clone(),
+        })
+    }
+
+    fn written(&self, len: u64) {
+        self.lock().in_flight -= len;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A data frame handed to hyper; its drop takes it out of the count.
+struct InFlight {
+    data: Bytes,
+    outgoing: Arc<Outgoing>,
+}
+
+impl AsRef<[u8]> for InFlight {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.outgoing.written(self.data.len() as u64);
+    }
+}
+
+/// A response body whose data frames are counted against its
+/// [`Outgoing`].
+pub struct Counted<B> {
+    inner: B,
+    outgoing: Arc<Outgoing>,
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|frame| match frame.into_data() {
+                Ok(data) => Frame::data(self.outgoing.count(data)),
+                Err(frame) => frame,
+            })
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps the body of each response that carries an [`Outgoing`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutgoingLayer;
+
+impl<S> Layer<S> for OutgoingLayer {
+    type Service = CountOutgoing<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountOutgoing { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CountOutgoing<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, R> Service<http::Request<R>> for CountOutgoing<S>
+where
+    S: Service<http::Request<R>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<R>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            let Some(outgoing) = response.extensions_mut().remove::<Arc<Outgoing>>() else {
+                return Ok(response);
+            };
+            Ok(response.map(|inner| tonic::body::Body::new(Counted { inner, outgoing })))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfcache_budget::MemoryBudget;
+    use dfcache_wire::domain::CHUNK_SIZE;
+    use http_body_util::BodyExt;
+    use tokio_stream::StreamExt;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A body of `n` frames of 1 MiB.
+    fn chunks(n: usize) -> tonic::body::Body {
+        let frames =
+            tokio_stream::iter((0..n).map(|i| {
+                Ok::<_, tonic::Status>(Frame::data(Bytes::from(vec![i as u8; CHUNK_SIZE])))
+            }));
+        tonic::body::Body::new(http_body_util::StreamBody::new(frames))
+    }
+
+    #[tokio::test]
+    async fn the_share_lasts_until_the_last_frame_is_dropped() {
+        let budget = MemoryBudget::new(16 * MIB);
+        let outgoing = Outgoing::new();
+        outgoing.hold(budget.acquire(4 * MIB).await);
+        let mut body = Counted {
+            inner: chunks(2),
+            outgoing: outgoing.clone(),
+        };
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(body.frame().await.is_none());
+        drop(body);
+        drop(outgoing);
+        assert_eq!(budget.held(), 4 * MIB, "frames still queued hold the share");
+        drop(first);
+        assert_eq!(budget.held(), 4 * MIB);
+        drop(second);
+        assert_eq!(budget.held(), 0, "the last frame gave the share back");
+    }
+
+    #[tokio::test]
+    async fn a_stall_gives_the_share_back_though_frames_wait_in_the_connection() {
+        let budget = MemoryBudget::new(16 * MIB);
+        let outgoing = Outgoing::new();
+        outgoing.hold(budget.acquire(3 * MIB).await);
+        let mut body = Counted {
+            inner: chunks(3),
+            outgoing: outgoing.clone(),
+        };
+        let queued = body.frame().await.unwrap().unwrap();
+        outgoing.stall();
+        assert_eq!(budget.held(), 0);
+        assert_eq!(outgoing.lock().in_flight, CHUNK_SIZE as u64);
+        drop(queued);
+        assert_eq!(outgoing.lock().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn the_layer_counts_only_responses_that_carry_an_outgoing() {
+        let budget = MemoryBudget::new(16 * MIB);
+        let outgoing = Outgoing::new();
+        outgoing.hold(budget.acquire(3 * MIB).await);
+        let carried = outgoing.clone();
+        let service = tower::service_fn(move |carry: http::Request<()>| {
+            let outgoing = carried.clone();
+            async move {
+                let mut response = http::Response::new(chunks(1));
+                if carry.uri().path() == "/counted" {
+                    response.extensions_mut().insert(outgoing);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let mut service = OutgoingLayer.layer(service);
+        let plain = Service::call(&mut service, http::Request::get("/plain").body(()).unwrap())
+            .await
+            .unwrap();
+        let frame = plain.into_body().frame().await.unwrap().unwrap();
+        assert_eq!(outgoing.lock().in_flight, 0);
+        drop(frame);
+        let counted = Service::call(
+            &mut service,
+            http::Request::get("/counted").body(()).unwrap(),
+        )
+        .await
+        .unwrap();
+        let mut frames = counted.into_body().into_data_stream();
+        let frame = frames.next().await.unwrap().unwrap();
+        assert_eq!(outgoing.lock().in_flight, CHUNK_SIZE as u64);
+        drop(frame);
+        assert_eq!(outgoing.lock().in_flight, 0);
+    }
+}
