@@ -38,7 +38,7 @@ WORK="${WORK:-/var/tmp/dfcache-bench}"
 BASELINE="${BASELINE:-}"
 
 bash "$here/install-deps.sh"
-build_release
+if [ -z "${DFCACHE:-}" ]; then build_release; fi
 mkdir -p "$WORK/base"
 rm -rf "$WORK/store" "$WORK/base/store" "$WORK/out" "$WORK/copy" "$WORK/disk-work"
 make_file "$WORK/src" "$SIZE"
