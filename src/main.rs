@@ -34,7 +34,7 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
         limit_malloc_arenas();
         return_large_frees();
-        trim_heap_every_100ms();
+        trim_heap_every_second();
     }
     // The holder is one thread around poll(2): no runtime.
     if let Command::MountHolder(args) = cli.command {
@@ -112,23 +112,31 @@ fn limit_malloc_arenas() {
 /// for a 2 GiB import +40%, for an export +70%); 239 and 331 MiB at 4 MiB
 /// with one arena, with the CPU of the default (medians of five 2 GiB
 /// transfers: import 2.74 against 2.78 s, export 1.03 against 0.90 s).
-/// Has glibc give the free pages inside its heap back to the kernel ten
-/// times a second. What the memory budget bounds is freed as transfers
-/// go, but allocations under 4 MiB (encoded 1 MiB messages, receive
-/// buffers) come from the heap, which keeps freed pages; the more
-/// transfers had come and gone, the more of it was kept, beside the
-/// budget's new blocks. Measured (200 exports of 16 MiB at once, 256 MiB
-/// budget, `scripts/measure-concurrency.sh`'s phases): daemon peak RSS
-/// 370 MiB without trimming, 279 MiB trimming every second, 269 MiB every
-/// 100 ms (16 exports: 246 to 256 MiB either way). A trim took under
-/// 0.2 ms mostly, and at most 0.95 ms during those 200 exports, with the
-/// heap's lock held.
-fn trim_heap_every_100ms() {
+fn return_large_frees() {
+    // SAFETY: as above.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Has glibc give the free pages inside its heap back to the kernel once
+/// a second. What the memory budget bounds is freed as transfers go, but
+/// allocations under 4 MiB (encoded 1 MiB messages, receive buffers) come
+/// from the heap, which keeps freed pages: after many transfers had come
+/// and gone, their heap stayed resident beside the next transfers' new
+/// blocks. Measured (`scripts/measure-concurrency.sh`'s phases, 256 MiB
+/// budget, 200 exports of 16 MiB at once after 200 imports): daemon peak
+/// RSS 370 MiB without trimming, 279 MiB trimming every second, 269 MiB
+/// every 100 ms. A trim took under 0.2 ms mostly, at most 0.95 ms, with
+/// the heap's lock held. Every 100 ms cost 16 imports at once 13% of their
+/// time (the trimmed pages fault in again for the next messages); once a
+/// second, see BENCHMARKING.md.
+fn trim_heap_every_second() {
     let trimming = std::thread::Builder::new()
         .name("malloc-trim".into())
         .spawn(|| loop {
             // Periodic work, not a wait for a condition.
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_secs(1));
             // SAFETY: malloc_trim only gives free pages back to the kernel.
             unsafe {
                 libc::malloc_trim(0);
@@ -136,12 +144,5 @@ fn trim_heap_every_100ms() {
         });
     if let Err(e) = trimming {
         tracing::warn!(error = %e, "cannot start the heap-trimming thread; freed memory stays in the heap");
-    }
-}
-
-fn return_large_frees() {
-    // SAFETY: as above.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
