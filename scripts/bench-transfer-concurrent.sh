@@ -10,6 +10,7 @@
 #   scripts/bench-transfer-concurrent.sh                        # 16 x 128 MiB, 5 runs
 #   N=16 SIZE=64M RUNS=3 scripts/bench-transfer-concurrent.sh
 #   BASELINE=/path/to/old/dfcache scripts/bench-transfer-concurrent.sh
+#   DFCACHE=/path/to/new/dfcache BASELINE=... scripts/bench-transfer-concurrent.sh   # no build
 #
 # Every batch starts after `settle` (see lib.sh). Disk needed: 2 x N x SIZE
 # (the tasks, and the exported files until each is checked and removed).
@@ -23,7 +24,7 @@ RUNS="${RUNS:-5}"
 WORK="${WORK:-/var/tmp/dfcache-bench-concurrent}"
 BASELINE="${BASELINE:-}"
 
-build_release
+if [ -z "${DFCACHE:-}" ]; then build_release; fi
 mkdir -p "$WORK"
 make_file "$WORK/src" "$SIZE"
 DAEMON_PID=""

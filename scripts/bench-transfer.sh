@@ -6,6 +6,7 @@
 #   SIZE=512M RUNS=3 scripts/bench-transfer.sh
 #   COLD=1 scripts/bench-transfer.sh     # drop the page cache before each step
 #   BASELINE=/path/to/old/dfcache scripts/bench-transfer.sh
+#   DFCACHE=/path/to/new/dfcache BASELINE=... scripts/bench-transfer.sh   # no build
 #
 # With BASELINE (another build of dfcache, such as the commit a change
 # starts from), every run also imports and exports with that binary, on a
