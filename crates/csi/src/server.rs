@@ -1,16 +1,15 @@
 //! The plugin's Unix socket and gRPC server.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
 use dfcache_wire::pb::csi::identity_server::IdentityServer;
 use dfcache_wire::pb::csi::node_server::NodeServer;
+use dfcache_wire::socket::{bind_socket, BindError};
 
 use crate::identity::IdentityService;
 use crate::node::NodeService;
@@ -54,7 +53,9 @@ pub async fn serve(
     options: PluginOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let listener = bind(socket)?;
+    // A stale socket (a plugin that crashed leaves its file) is replaced;
+    // kubelet's registration finds the new one there.
+    let (listener, socket_id) = bind_socket(socket, SOCKET_MODE)?;
     let node_mount = NodeMount::new(&options.mountpoint, options.lookup_timeout);
     let identity = IdentityService {
         node_mount: node_mount.clone(),
@@ -72,30 +73,15 @@ pub async fn serve(
         .add_service(NodeServer::new(node))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
-    let _ = std::fs::remove_file(socket);
+    socket_id.remove_if_ours(socket);
     result.map_err(ServeError::from)
 }
 
-/// Binds `socket`, replacing a stale one (a plugin that crashed leaves
-/// its socket file; kubelet's registration finds the new one there).
-fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
-    let err = |source| ServeError::Socket {
-        path: socket.to_path_buf(),
-        source,
-    };
-    if let Ok(meta) = std::fs::symlink_metadata(socket) {
-        if !meta.file_type().is_socket() {
-            return Err(err(std::io::Error::other("exists and is not a socket")));
+impl From<BindError> for ServeError {
+    fn from(e: BindError) -> Self {
+        match e {
+            BindError::Io { path, source } => ServeError::Socket { path, source },
+            BindError::InUse(path) => ServeError::SocketInUse(path),
         }
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(ServeError::SocketInUse(socket.to_path_buf()));
-        }
-        std::fs::remove_file(socket).map_err(err)?;
     }
-    if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(err)?;
-    }
-    let listener = UnixListener::bind(socket).map_err(err)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(err)?;
-    Ok(listener)
 }

@@ -6,11 +6,13 @@
 //! - [`domain`]: Dragonfly's rules (task ids, piece lengths, TTLs, chunks);
 //! - [`tree`]: directory trees as manifests of tasks;
 //! - [`short_reads`]: the framing of the short-read channel;
+//! - [`socket`]: binding a server's Unix socket;
 //! - [`digest`]: export digests.
 
 pub mod digest;
 pub mod domain;
 pub mod pb;
 pub mod short_reads;
+pub mod socket;
 pub mod transport;
 pub mod tree;
