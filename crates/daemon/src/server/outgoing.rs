@@ -39,17 +39,11 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-/// One response's send share and the encoded bytes in flight against it.
+/// One response's send share, held by the response's body and by every
+/// data frame of it that hyper has not dropped yet.
 #[derive(Default)]
 pub struct Outgoing {
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    share: Lease,
-    /// Bytes handed to hyper and not yet dropped by it.
-    in_flight: u64,
+    share: Mutex<Lease>,
 }
 
 impl Outgoing {
@@ -59,40 +53,35 @@ impl Outgoing {
 
     /// The response holds `lease` until its last encoded byte is gone.
     pub fn hold(&self, lease: Lease) {
-        self.lock().share.merge(lease);
+        self.lock().merge(lease);
     }
 
     /// The client took nothing for the no-progress deadline: the share
     /// goes back now.
     pub fn stall(&self) {
-        self.lock().share = Lease::empty();
+        *self.lock() = Lease::empty();
     }
 
-    /// `data`, counted until hyper drops it (and every slice of it).
-    fn count(self: &Arc<Self>, data: Bytes) -> Bytes {
-        let len = data.len() as u64;
-        self.lock().in_flight += len;
+    /// `data`, holding the share until hyper drops it (and every slice of
+    /// it).
+    fn carry(self: &Arc<Self>, data: Bytes) -> Bytes {
         Bytes::from_owner(InFlight {
             data,
-            outgoing: self.clone(),
+            _outgoing: self.clone(),
         })
     }
 
-    fn written(&self, len: u64) {
-        self.lock().in_flight -= len;
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
+    fn lock(&self) -> MutexGuard<'_, Lease> {
+        self.share
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// A data frame handed to hyper; its drop takes it out of the count.
+/// A data frame handed to hyper, with the share it holds.
 struct InFlight {
     data: Bytes,
-    outgoing: Arc<Outgoing>,
+    _outgoing: Arc<Outgoing>,
 }
 
 impl AsRef<[u8]> for InFlight {
@@ -101,14 +90,7 @@ impl AsRef<[u8]> for InFlight {
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.outgoing.written(self.data.len() as u64);
-    }
-}
-
-/// A response body whose data frames are counted against its
-/// [`Outgoing`].
+/// A response body whose data frames hold its [`Outgoing`].
 pub struct Counted<B> {
     inner: B,
     outgoing: Arc<Outgoing>,
@@ -128,7 +110,7 @@ where
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
         Poll::Ready(frame.map(|frame| {
             frame.map(|frame| match frame.into_data() {
-                Ok(data) => Frame::data(self.outgoing.count(data)),
+                Ok(data) => Frame::data(self.outgoing.carry(data)),
                 Err(frame) => frame,
             })
         }))
@@ -239,44 +221,46 @@ mod tests {
         let queued = body.frame().await.unwrap().unwrap();
         outgoing.stall();
         assert_eq!(budget.held(), 0);
-        assert_eq!(outgoing.lock().in_flight, CHUNK_SIZE as u64);
         drop(queued);
-        assert_eq!(outgoing.lock().in_flight, 0);
     }
 
     #[tokio::test]
-    async fn the_layer_counts_only_responses_that_carry_an_outgoing() {
+    async fn the_layer_wraps_only_responses_that_carry_an_outgoing() {
         let budget = MemoryBudget::new(16 * MIB);
-        let outgoing = Outgoing::new();
-        outgoing.hold(budget.acquire(3 * MIB).await);
-        let carried = outgoing.clone();
-        let service = tower::service_fn(move |carry: http::Request<()>| {
-            let outgoing = carried.clone();
-            async move {
-                let mut response = http::Response::new(chunks(1));
-                if carry.uri().path() == "/counted" {
-                    response.extensions_mut().insert(outgoing);
+        let service = tower::service_fn({
+            let budget = budget.clone();
+            move |request: http::Request<()>| {
+                let budget = budget.clone();
+                async move {
+                    let mut response = http::Response::new(chunks(1));
+                    if request.uri().path() == "/counted" {
+                        let outgoing = Outgoing::new();
+                        outgoing.hold(budget.acquire(3 * MIB).await);
+                        response.extensions_mut().insert(outgoing);
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
                 }
-                Ok::<_, std::convert::Infallible>(response)
             }
         });
         let mut service = OutgoingLayer.layer(service);
-        let plain = Service::call(&mut service, http::Request::get("/plain").body(()).unwrap())
-            .await
-            .unwrap();
+        let call = |path: &'static str| http::Request::get(path).body(()).unwrap();
+
+        let plain = Service::call(&mut service, call("/plain")).await.unwrap();
         let frame = plain.into_body().frame().await.unwrap().unwrap();
-        assert_eq!(outgoing.lock().in_flight, 0);
-        drop(frame);
-        let counted = Service::call(
-            &mut service,
-            http::Request::get("/counted").body(()).unwrap(),
-        )
-        .await
-        .unwrap();
+        assert_eq!(frame.into_data().unwrap()[..], [0u8; CHUNK_SIZE][..]);
+        assert_eq!(budget.held(), 0);
+
+        let counted = Service::call(&mut service, call("/counted")).await.unwrap();
         let mut frames = counted.into_body().into_data_stream();
         let frame = frames.next().await.unwrap().unwrap();
-        assert_eq!(outgoing.lock().in_flight, CHUNK_SIZE as u64);
+        assert_eq!(frame[..], [0u8; CHUNK_SIZE][..]);
+        drop(frames);
+        assert_eq!(
+            budget.held(),
+            3 * MIB,
+            "the frame hyper holds keeps the share"
+        );
         drop(frame);
-        assert_eq!(outgoing.lock().in_flight, 0);
+        assert_eq!(budget.held(), 0);
     }
 }
