@@ -28,10 +28,13 @@ command -v losetup > /dev/null || need+=(mount)
 type -P kill > /dev/null || need+=(procps)
 
 # The manifests are played by a real container runtime (tests/kube/):
-# podman with runc (crun refuses hybrid cgroups), and busybox for the
-# image's shell and probes.
+# podman with runc (crun refuses hybrid cgroups) and catatonit, the init
+# of the pause image podman builds for every pod (a recommends of podman's,
+# which --no-install-recommends leaves out); busybox for the image's shell
+# and probes.
 command -v podman > /dev/null || need+=(podman)
 command -v runc > /dev/null || need+=(runc)
+command -v catatonit > /dev/null || [ -x /usr/libexec/podman/catatonit ] || need+=(catatonit)
 command -v busybox > /dev/null || need+=(busybox)
 
 # PyYAML, for the test that parses the Kubernetes manifests: Debian's
