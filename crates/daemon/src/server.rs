@@ -129,7 +129,7 @@ pub async fn serve(
         .initial_connection_window_size(RECEIVE.connection)
         .max_concurrent_streams(DAEMON_MAX_STREAMS)
         .layer(dfcache_metrics::rpc_layer::RpcMetricsLayer)
-        .layer(outgoing::OutgoingLayer)
+        .layer(outgoing::layer())
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

@@ -13,7 +13,7 @@
 //! 200).
 //!
 //! So a response's send share ([`Outgoing`]) lives as long as any of its
-//! encoded messages does. [`OutgoingLayer`] wraps the body of every
+//! encoded messages does. [`layer`] wraps the body of every
 //! response that carries an `Outgoing` in its extensions, and each data
 //! frame passed to hyper holds the share until hyper drops it (written, or
 //! discarded with the stream). How much is in flight is hyper's and h2's to
@@ -37,7 +37,7 @@ use bytes::Bytes;
 use dfcache_budget::Lease;
 use http_body::{Body, Frame, SizeHint};
 use tonic::codegen::http;
-use tower::{Layer, Service};
+use tower::util::MapResponseLayer;
 
 /// One response's send share, held by the response's body and by every
 /// data frame of it that hyper has not dropped yet.
@@ -91,12 +91,12 @@ impl AsRef<[u8]> for InFlight {
 }
 
 /// A response body whose data frames hold its [`Outgoing`].
-pub struct Counted<B> {
+pub struct Carrying<B> {
     inner: B,
     outgoing: Arc<Outgoing>,
 }
 
-impl<B> Body for Counted<B>
+impl<B> Body for Carrying<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -125,47 +125,20 @@ where
     }
 }
 
-/// Wraps the body of each response that carries an [`Outgoing`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OutgoingLayer;
-
-impl<S> Layer<S> for OutgoingLayer {
-    type Service = CountOutgoing<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CountOutgoing { inner }
-    }
+/// Has the body of each response that carries an [`Outgoing`] in its
+/// extensions hold it (see [`Carrying`]); other responses pass as they are.
+pub fn layer() -> MapResponseLayer<fn(Response) -> Response> {
+    MapResponseLayer::new(carry_outgoing as fn(Response) -> Response)
 }
 
-#[derive(Debug, Clone)]
-pub struct CountOutgoing<S> {
-    inner: S,
-}
+type Response = http::Response<tonic::body::Body>;
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, R> Service<http::Request<R>> for CountOutgoing<S>
-where
-    S: Service<http::Request<R>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<R>) -> Self::Future {
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            let Some(outgoing) = response.extensions_mut().remove::<Arc<Outgoing>>() else {
-                return Ok(response);
-            };
-            Ok(response.map(|inner| tonic::body::Body::new(Counted { inner, outgoing })))
-        })
+fn carry_outgoing(mut response: Response) -> Response {
+    match response.extensions_mut().remove::<Arc<Outgoing>>() {
+        Some(outgoing) => {
+            response.map(|inner| tonic::body::Body::new(Carrying { inner, outgoing }))
+        }
+        None => response,
     }
 }
 
@@ -176,6 +149,7 @@ mod tests {
     use dfcache_wire::domain::CHUNK_SIZE;
     use http_body_util::BodyExt;
     use tokio_stream::StreamExt;
+    use tower::{Layer, Service};
 
     const MIB: u64 = 1 << 20;
 
@@ -188,15 +162,25 @@ mod tests {
         tonic::body::Body::new(http_body_util::StreamBody::new(frames))
     }
 
-    #[tokio::test]
-    async fn the_share_lasts_until_the_last_frame_is_dropped() {
+    /// A body of `n` frames carrying a share of `share` bytes of a 16 MiB
+    /// budget.
+    async fn carrying(
+        share: u64,
+        n: usize,
+    ) -> (MemoryBudget, Arc<Outgoing>, Carrying<tonic::body::Body>) {
         let budget = MemoryBudget::new(16 * MIB);
         let outgoing = Outgoing::new();
-        outgoing.hold(budget.acquire(4 * MIB).await);
-        let mut body = Counted {
-            inner: chunks(2),
+        outgoing.hold(budget.acquire(share).await);
+        let body = Carrying {
+            inner: chunks(n),
             outgoing: outgoing.clone(),
         };
+        (budget, outgoing, body)
+    }
+
+    #[tokio::test]
+    async fn the_share_lasts_until_the_last_frame_is_dropped() {
+        let (budget, outgoing, mut body) = carrying(4 * MIB, 2).await;
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert!(body.frame().await.is_none());
@@ -211,13 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stall_gives_the_share_back_though_frames_wait_in_the_connection() {
-        let budget = MemoryBudget::new(16 * MIB);
-        let outgoing = Outgoing::new();
-        outgoing.hold(budget.acquire(3 * MIB).await);
-        let mut body = Counted {
-            inner: chunks(3),
-            outgoing: outgoing.clone(),
-        };
+        let (budget, outgoing, mut body) = carrying(3 * MIB, 3).await;
         let queued = body.frame().await.unwrap().unwrap();
         outgoing.stall();
         assert_eq!(budget.held(), 0);
@@ -233,7 +211,7 @@ mod tests {
                 let budget = budget.clone();
                 async move {
                     let mut response = http::Response::new(chunks(1));
-                    if request.uri().path() == "/counted" {
+                    if request.uri().path() == "/carried" {
                         let outgoing = Outgoing::new();
                         outgoing.hold(budget.acquire(3 * MIB).await);
                         response.extensions_mut().insert(outgoing);
@@ -242,7 +220,7 @@ mod tests {
                 }
             }
         });
-        let mut service = OutgoingLayer.layer(service);
+        let mut service = layer().layer(service);
         let call = |path: &'static str| http::Request::get(path).body(()).unwrap();
 
         let plain = Service::call(&mut service, call("/plain")).await.unwrap();
@@ -250,8 +228,8 @@ mod tests {
         assert_eq!(frame.into_data().unwrap()[..], [0u8; CHUNK_SIZE][..]);
         assert_eq!(budget.held(), 0);
 
-        let counted = Service::call(&mut service, call("/counted")).await.unwrap();
-        let mut frames = counted.into_body().into_data_stream();
+        let carried = Service::call(&mut service, call("/carried")).await.unwrap();
+        let mut frames = carried.into_body().into_data_stream();
         let frame = frames.next().await.unwrap().unwrap();
         assert_eq!(frame[..], [0u8; CHUNK_SIZE][..]);
         drop(frames);

@@ -64,7 +64,7 @@ pub(crate) fn acting_status(path: &Path, e: ActingError) -> Status {
 pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A streamed reply whose encoded messages hold `outgoing`'s share until
-/// the connection has written them (see `OutgoingLayer`).
+/// the connection has written them (see `outgoing::layer`).
 pub(crate) fn streamed<T>(
     stream: ResponseStream<T>,
     outgoing: Arc<Outgoing>,
