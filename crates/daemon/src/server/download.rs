@@ -25,7 +25,7 @@ use dfcache_wire::pb::dfdaemon::download_persistent_cache_task_response::Respons
 use dfcache_wire::pb::dfdaemon::*;
 
 use super::output::Output;
-use super::reply::{status_of, streamed, ResponseStream};
+use super::reply::{status_of, ResponseStream};
 
 /// Pieces read ahead of the client: one being sent, one being read (each
 /// leased from the memory budget before it is read: from what is free, or
@@ -153,8 +153,7 @@ pub async fn handle(
         }
         .instrument(span),
     );
-    let outgoing = rx.outgoing();
-    Ok(streamed(Box::pin(rx), outgoing))
+    Ok(rx.into_response())
 }
 
 async fn run(

@@ -17,10 +17,11 @@ use std::time::Duration;
 use dfcache_budget::Lease;
 
 use super::outgoing::Outgoing;
+use super::reply::{streamed, ResponseStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
-use tonic::Status;
+use tonic::{Response, Status};
 
 type Item<T> = Result<T, Status>;
 type Queue<T> = Arc<Mutex<Shared<T>>>;
@@ -140,11 +141,12 @@ pub struct FeedStream<T> {
     moved: Moved,
 }
 
-impl<T> FeedStream<T> {
-    /// What the response holds until its encoded messages are gone, for
-    /// the response's extensions (see `OutgoingLayer`).
-    pub fn outgoing(&self) -> Arc<Outgoing> {
-        self.outgoing.clone()
+impl<T: Send + 'static> FeedStream<T> {
+    /// The response, holding the stream's [`Outgoing`] until its encoded
+    /// messages are gone.
+    pub fn into_response(self) -> Response<ResponseStream<T>> {
+        let outgoing = self.outgoing.clone();
+        streamed(Box::pin(self), outgoing)
     }
 }
 

@@ -116,8 +116,7 @@ pub async fn handle(
         }
         .instrument(span),
     );
-    let outgoing = rx.outgoing();
-    Ok(streamed(Box::pin(rx), outgoing))
+    Ok(rx.into_response())
 }
 
 /// A short range (a random read through the mount), read before the
